@@ -1,0 +1,89 @@
+/* main.c - the `autopipe` command: git-style subcommands.
+ * Exit codes: 0 ok, 1 runtime failure, 2 usage or config error. */
+#include "config.h"
+#include "launcher/commands.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static int cmd_help(int argc, char **argv);
+static int cmd_version(int argc, char **argv);
+
+/* One line per subcommand; each part registers its own here. */
+const ap_command ap_commands[] = {
+    {"help", cmd_help, "show this help, or a subcommand's with `autopipe help CMD`"},
+    {"version", cmd_version, "print the version"},
+    {NULL, NULL, NULL},
+};
+
+static const ap_command *find_command(const char *name) {
+    for (const ap_command *c = ap_commands; c->name; c++)
+        if (!strcmp(c->name, name)) return c;
+    return NULL;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: autopipe [--version] [--help] COMMAND [ARGS]\n\n"
+            "Pipeline-parallel training of Hugging Face decoder-only models on Slurm clusters.\n\n"
+            "Commands:\n");
+    for (const ap_command *c = ap_commands; c->name; c++)
+        fprintf(f, "  %-10s %s\n", c->name, c->summary);
+    fprintf(f,
+            "\n`autopipe COMMAND --help` describes one command.\n"
+            "Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error.\n");
+}
+
+static int cmd_help(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stdout);
+        return AP_EXIT_OK;
+    }
+    const ap_command *c = find_command(argv[1]);
+    if (!c) {
+        fprintf(stderr, "autopipe: unknown command '%s' (see `autopipe help`)\n", argv[1]);
+        return AP_EXIT_USAGE;
+    }
+    if (c->fn == cmd_help || c->fn == cmd_version) {
+        usage(stdout);
+        return AP_EXIT_OK;
+    }
+    char *help_argv[] = {argv[1], "--help", NULL};
+    return c->fn(2, help_argv);
+}
+
+static int cmd_version(int argc, char **argv) {
+    printf("autopipe %s\n", PACKAGE_VERSION);
+    return AP_EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
+    /* Only options before the subcommand belong to us ("+" stops at the first non-option). */
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': usage(stdout); return AP_EXIT_OK;
+        case 'V': return cmd_version(0, NULL);
+        default:
+            fprintf(stderr, "autopipe: unknown option '%s' (see `autopipe --help`)\n", argv[optind - 1]);
+            return AP_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return AP_EXIT_USAGE;
+    }
+    const ap_command *cmd = find_command(argv[optind]);
+    if (!cmd) {
+        fprintf(stderr, "autopipe: unknown command '%s' (see `autopipe help`)\n", argv[optind]);
+        return AP_EXIT_USAGE;
+    }
+    int sub = optind;
+    optind = 0; /* subcommands parse their own options from a fresh getopt state */
+    opterr = 1;
+    return cmd->fn(argc - sub, argv + sub);
+}
