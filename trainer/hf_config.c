@@ -229,6 +229,8 @@ static int read_qwen_window(const reader *r, ap_model_config *c) {
     if (get_bool(r, NULL, "use_sliding_window", &use) || get_int(r, NULL, "sliding_window", &window, 1, 1L << 30) ||
         get_int(r, NULL, "max_window_layers", &max_window_layers, 0, 1L << 30))
         return -1;
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(r->root, "sliding_window");
+    if (sw && cJSON_IsNull(sw)) use = 0; /* Qwen2Config: a null window makes every layer full attention */
     int n = c->num_hidden_layers, n_sliding = 0;
     const cJSON *lt = get(r, NULL, "layer_types");
     if (lt) {
