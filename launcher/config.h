@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "launcher/topology.h" /* enum ap_round_mode */
 #include "trainer/model_config.h"
 
 typedef struct {
@@ -63,7 +64,7 @@ typedef struct ap_config {
 } ap_config;
 
 /* ENUM values (index in the schema's name list). */
-enum { AP_ROUND_NONE = -1, AP_ROUND_UP = 0, AP_ROUND_DOWN = 1 };  /* round_virtual_stages_to_pp_multiple */
+/* round_virtual_stages_to_pp_multiple: enum ap_round_mode (AP_ROUND_NONE/UP/DOWN, topology.h). */
 /* model.model_type uses enum ap_model_type (same order: llama mistral qwen2 qwen3 gemma). */
 enum { AP_FORMAT_AUTO = 0, AP_FORMAT_TEXT, AP_FORMAT_TOKENS, AP_FORMAT_SFT_JSONL }; /* dataset.format */
 enum { AP_DECAY_COSINE = 0, AP_DECAY_LINEAR, AP_DECAY_CONSTANT };                  /* lr_decay_style */
