@@ -699,21 +699,10 @@ int ap_config_defaults(ap_config *cfg) {
 
 /* ---- the YAML file ---- */
 
-static int load_file(ap_config *cfg, const char *path, char *err, size_t errlen) {
-    struct stat st;
-    if (stat(path, &st)) {
-        errf(err, errlen, NULL, "cannot read config file '%s': %s", path, strerror(errno));
-        return -1;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        errf(err, errlen, NULL, "cannot read config file '%s': not a regular file", path);
-        return -1;
-    }
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        errf(err, errlen, NULL, "cannot read config file '%s': %s", path, strerror(errno));
-        return -1;
-    }
+/* Reads one YAML document of sections from `f` (or from `text` when f is
+ * NULL); `path` names it in messages. */
+static int load_yaml(ap_config *cfg, FILE *f, const char *text, const char *path, char *err,
+                     size_t errlen) {
     yaml_parser_t parser;
     yaml_document_t doc;
     int rc = -1, have_doc = 0;
@@ -723,10 +712,12 @@ static int load_file(ap_config *cfg, const char *path, char *err, size_t errlen)
         errf(err, errlen, NULL, "out of memory");
         free(seen);
         free(seen_sec);
-        fclose(f);
         return -1;
     }
-    yaml_parser_set_input_file(&parser, f);
+    if (f)
+        yaml_parser_set_input_file(&parser, f);
+    else
+        yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
     if (!yaml_parser_load(&parser, &doc)) {
         if (parser.error == YAML_READER_ERROR)
             errf(err, errlen, NULL, "%s: cannot read: %s", path, parser.problem ? parser.problem : "read error");
@@ -823,9 +814,28 @@ static int load_file(ap_config *cfg, const char *path, char *err, size_t errlen)
 done:
     if (have_doc) yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
-    fclose(f);
     free(seen);
     free(seen_sec);
+    return rc;
+}
+
+static int load_file(ap_config *cfg, const char *path, char *err, size_t errlen) {
+    struct stat st;
+    if (stat(path, &st)) {
+        errf(err, errlen, NULL, "cannot read config file '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        errf(err, errlen, NULL, "cannot read config file '%s': not a regular file", path);
+        return -1;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        errf(err, errlen, NULL, "cannot read config file '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = load_yaml(cfg, f, NULL, path, err, errlen);
+    fclose(f);
     return rc;
 }
 
@@ -950,15 +960,30 @@ int ap_config_validate(const ap_config *cfg, char *err, size_t errlen) {
     return 0;
 }
 
-int ap_config_load(ap_config *cfg, const char *path, int argc, char **overrides, char *err,
-                   size_t errlen) {
+const char ap_config_builtin_yaml[] =
+    "# the built-in default: the key defaults (a tiny Llama-shaped model) on 2 pipeline stages\n"
+    "distributed:\n"
+    "  pp_size: 2\n";
+
+static int load_impl(ap_config *cfg, const char *path, int builtin, int argc, char **overrides,
+                     char *err, size_t errlen) {
     ap_config_defaults(cfg);
-    if ((path && load_file(cfg, path, err, errlen)) || apply_overrides(cfg, argc, overrides, err, errlen) ||
+    if ((builtin && load_yaml(cfg, NULL, ap_config_builtin_yaml, "<built-in config>", err, errlen)) ||
+        (path && load_file(cfg, path, err, errlen)) || apply_overrides(cfg, argc, overrides, err, errlen) ||
         ap_config_validate(cfg, err, errlen)) {
         ap_config_free(cfg);
         return -1;
     }
     return 0;
+}
+
+int ap_config_load(ap_config *cfg, const char *path, int argc, char **overrides, char *err,
+                   size_t errlen) {
+    return load_impl(cfg, path, 0, argc, overrides, err, errlen);
+}
+
+int ap_config_load_builtin(ap_config *cfg, int argc, char **overrides, char *err, size_t errlen) {
+    return load_impl(cfg, NULL, 1, argc, overrides, err, errlen);
 }
 
 /* ---- the subcommand command line ---- */
@@ -1028,7 +1053,9 @@ int ap_config_from_args(ap_config *cfg, int argc, char **argv, const ap_cli_flag
     rest[nr] = NULL;
     *nrest = nr;
     /* --help must work even when the config would not load. */
-    int rc = help ? ap_config_defaults(cfg) : ap_config_load(cfg, path, nov, ov, err, errlen);
+    int rc = help    ? ap_config_defaults(cfg)
+             : path  ? ap_config_load(cfg, path, nov, ov, err, errlen)
+                     : ap_config_load_builtin(cfg, nov, ov, err, errlen);
     free(ov);
     return rc;
 fail:

@@ -106,6 +106,12 @@ int ap_config_defaults(ap_config *cfg);
 int ap_config_load(ap_config *cfg, const char *path, int argc, char **overrides, char *err,
                    size_t errlen);
 
+/* The built-in default config: the key defaults plus ap_config_builtin_yaml
+ * (a tiny Llama-shaped model on pp_size 2), then the overrides. This is what
+ * a subcommand runs without --config. */
+extern const char ap_config_builtin_yaml[];
+int ap_config_load_builtin(ap_config *cfg, int argc, char **overrides, char *err, size_t errlen);
+
 /* Applies one override to a loaded config ("section.key", YAML value text). */
 int ap_config_set(ap_config *cfg, const char *dotted_key, const char *value, char *err,
                   size_t errlen);
@@ -126,7 +132,9 @@ typedef struct {
  * declared in `flags` (NULL-terminated by name == NULL; may be NULL) and
  * positional arguments are copied in order to rest[1..] (rest[0] = argv[0],
  * rest[*nrest] = NULL; rest needs argc + 1 slots) for the caller's getopt_long.
- * Any other "--flag" is an error. Loads the config (defaults when no --config).
+ * Any other "--flag" is an error. Loads the config (the built-in default,
+ * ap_config_load_builtin, when there is no --config; only the key defaults,
+ * unchecked, when a declared "help" or "h" flag is present).
  * Returns 0, or -1 with the message in err (exit 2). */
 int ap_config_from_args(ap_config *cfg, int argc, char **argv, const ap_cli_flag *flags,
                         char **rest, int *nrest, char *err, size_t errlen);

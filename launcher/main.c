@@ -3,6 +3,7 @@
 #include "config.h"
 #include "launcher/commands.h"
 #include "launcher/config.h"
+#include "trainer/plan.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@ static int cmd_version(int argc, char **argv);
 const ap_command ap_commands[] = {
     {"help", cmd_help, "show this help, or a subcommand's with `autopipe help CMD`"},
     {"version", cmd_version, "print the version"},
+    {"plan", ap_cmd_plan, "show the mesh, stage placement and per-stage modules of a config (no MPI)"},
     {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
     {NULL, NULL, NULL},
 };
