@@ -4,6 +4,7 @@
 #include "launcher/commands.h"
 #include "launcher/config.h"
 #include "trainer/plan.h"
+#include "launcher/mesh.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@ const ap_command ap_commands[] = {
     {"version", cmd_version, "print the version"},
     {"plan", ap_cmd_plan, "show the mesh, stage placement and per-stage modules of a config (no MPI)"},
     {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
+    {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
     {NULL, NULL, NULL},
 };
 
