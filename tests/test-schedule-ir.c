@@ -172,6 +172,14 @@ static void test_csv_errors(void) {
                                        sizeof err);
         ok(rc < 0 && !s && strstr(err, t[i].want), "bad CSV %zu rejected: %s", i, err);
     }
+    /* trailing blank lines (an editor's extra newline) are not ranks */
+    {
+        ap_schedule *s = NULL;
+        const char *tb = "0F0,0B0\n1F0,1B0\n\n\n";
+        int rc = ap_schedule_parse_csv(&s, tb, strlen(tb), "tb.csv", 0, 0, err, sizeof err);
+        ok(rc == 0 && s->pp == 2, "trailing blank lines ignored: %s", rc ? err : "ok");
+        ap_schedule_free(s);
+    }
     /* a quoted cell as csv.writer would write it if it had to */
     ap_schedule *s = NULL;
     const char *q = "\"0F0\",0B0\n";

@@ -130,9 +130,8 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
         if (line_blank && row->n == 1) row->n = 0; /* an empty line is a rank with no actions */
         nrows++;
     }
-    /* trailing empty rows beyond pp carry nothing */
-    if (pp > 0)
-        while (nrows > pp && rows[nrows - 1].n == 0) nrows--;
+    /* trailing empty lines beyond pp (or all of them when pp is inferred) carry nothing */
+    while (nrows > (pp > 0 ? pp : 1) && rows[nrows - 1].n == 0) nrows--;
     if (nrows == 0) {
         seterr(err, errlen, "%s: no rows; expected one row of actions per pp rank", name);
         goto fail;

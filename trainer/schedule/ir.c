@@ -306,7 +306,8 @@ size_t ap_schedule_format_grid(const ap_schedule *s, int bad_rank, int bad_step,
                 snprintf(m, sizeof m, ">>%s<<", c[0] ? c : "  ");
             else
                 snprintf(m, sizeof m, "%s", c);
-            sb_printf(&b, "%-*s%s", w[r], m, r + 1 < s->pp ? " " : "");
+            int last = r + 1 == s->pp && !(bad_rank >= 0 && i == bad_step);
+            sb_printf(&b, "%-*s%s", last ? 0 : w[r], m, r + 1 < s->pp ? " " : "");
         }
         sb_printf(&b, "%s\n", bad_rank >= 0 && i == bad_step ? " <-- ERROR HERE" : "");
     }

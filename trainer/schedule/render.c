@@ -103,10 +103,10 @@ static void draw(cairo_t *cr, const ap_schedule *s, const ap_sched_sim *r, doubl
         cairo_set_source_rgb(cr, 0, 0, 0);
         cairo_move_to(cr, lx + 18, 44);
         cairo_show_text(cr, names[k]);
-        lx += 120;
+        lx += 135;
     }
     cairo_set_source_rgb(cr, 0.45, 0.45, 0.45);
-    cairo_move_to(cr, lx, 44);
+    cairo_move_to(cr, lx + 10, 44);
     cairo_show_text(cr, s->stages_per_rank > 1 ? "grey = idle; label stage:microbatch, lighter = later stage"
                                                : "grey = idle; label = microbatch");
     double plot_w = r->makespan * scale;
