@@ -163,6 +163,67 @@ int main(void) {
        "zbv defaults to 2 stages per rank in a V");
     ap_schedule_free(s);
 
+    /* random corruptions of every generated schedule, compute-only and lowered:
+     * dropping or duplicating any action is always caught; a reordering the
+     * validator accepts must also run to the end in the simulator */
+    {
+        const char *names[] = {"gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv"};
+        unsigned seed = 12345;
+        ap_sched_costs c;
+        ap_sched_costs_default(&c);
+        for (int k = 0; k < 6; k++)
+            for (int lowered = 0; lowered < 2; lowered++) {
+                ap_schedule *g = NULL, *l = NULL;
+                ap_schedule_generate(&g, names[k], NULL, 3, 0, 6, err, sizeof err);
+                ap_schedule_lower(g, &l, err, sizeof err);
+                ap_schedule *base = lowered ? l : g;
+                int drop_caught = 0, dup_caught = 0, trials = 150, swaps_ok = 0, swaps_bad = 0, sim_ok = 1;
+                for (int t = 0; t < trials; t++) {
+                    ap_schedule *x = ap_schedule_clone(base);
+                    seed = seed * 1103515245u + 12345u;
+                    int r = (int)((seed >> 8) % (unsigned)x->pp), n = x->len[r];
+                    seed = seed * 1103515245u + 12345u;
+                    int i = (int)((seed >> 8) % (unsigned)n);
+                    while (x->acts[r][i].type == AP_ACT_NONE) i = (i + 1) % n;
+                    ap_action a = x->acts[r][i];
+                    /* drop */
+                    memmove(&x->acts[r][i], &x->acts[r][i + 1], (size_t)(n - i - 1) * sizeof(ap_action));
+                    x->len[r]--;
+                    drop_caught += ap_schedule_validate(x, err, sizeof err) < 0;
+                    /* duplicate at the end of the rank */
+                    x->len[r]++;
+                    memmove(&x->acts[r][i + 1], &x->acts[r][i], (size_t)(n - i - 1) * sizeof(ap_action));
+                    x->acts[r][i] = a;
+                    ap_schedule_push(x, r, a);
+                    dup_caught += ap_schedule_validate(x, err, sizeof err) < 0;
+                    x->len[r]--;
+                    /* swap with another cell of the rank */
+                    seed = seed * 1103515245u + 12345u;
+                    int j = (int)((seed >> 8) % (unsigned)n);
+                    x->acts[r][i] = x->acts[r][j];
+                    x->acts[r][j] = a;
+                    if (ap_schedule_validate(x, err, sizeof err) == 0) {
+                        ap_sched_sim sr;
+                        swaps_ok++;
+                        if (ap_schedule_simulate(x, &c, &sr, err, sizeof err) == 0)
+                            ap_sched_sim_free(&sr);
+                        else
+                            sim_ok = 0;
+                    } else {
+                        swaps_bad++;
+                    }
+                    ap_schedule_free(x);
+                }
+                ok(drop_caught == trials && dup_caught == trials && sim_ok && swaps_bad > 0,
+                   "%s pp3 m6 %s: %d/%d drops and %d/%d duplicates caught; %d swaps accepted (all "
+                   "simulate), %d rejected",
+                   names[k], lowered ? "lowered" : "compute_only", drop_caught, trials, dup_caught, trials,
+                   swaps_ok, swaps_bad);
+                ap_schedule_free(g);
+                ap_schedule_free(l);
+            }
+    }
+
     int n = 0;
     ok(ap_schedule_check_batch(12, 3, &n, err, sizeof err) == 0 && n == 4, "batch 12 / microbatch 3 -> 4");
     ok(ap_schedule_check_batch(10, 3, &n, err, sizeof err) < 0 &&
