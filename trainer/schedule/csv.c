@@ -164,8 +164,9 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     }
     int num_stages = max_stage + 1;
     if (microbatches <= 0) microbatches = max_mb + 1;
-    if (num_stages > 1000000 / pp) {
-        seterr(err, errlen, "%s: stage %d is implausibly large", name, max_stage);
+    if ((double)num_stages * microbatches > AP_SCHED_MAX_CELLS) {
+        seterr(err, errlen, "%s: %d stages x %d microbatches is beyond the supported %d", name,
+               num_stages, microbatches, AP_SCHED_MAX_CELLS);
         goto fail;
     }
 

@@ -318,10 +318,11 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
                stages_per_rank);
         return -1;
     }
-    if (stages_per_rank > 64 || pp > 4096 || microbatches > 100000) {
+    if (stages_per_rank > 64 || pp > 4096 || microbatches > 100000 ||
+        (double)pp * stages_per_rank * microbatches > AP_SCHED_MAX_CELLS) {
         seterr(err, errlen, "%s: pp %d x %d stages per rank x %d microbatches is beyond the supported "
-               "range (pp <= 4096, stages per rank <= 64, microbatches <= 100000)",
-               kn, pp, stages_per_rank, microbatches);
+               "range (pp <= 4096, stages per rank <= 64, microbatches <= 100000, stages x microbatches <= %d)",
+               kn, pp, stages_per_rank, microbatches, AP_SCHED_MAX_CELLS);
         return -1;
     }
     if (kind == AP_SCHED_1F1B && microbatches < pp) {

@@ -295,7 +295,7 @@ size_t ap_schedule_format_grid(const ap_schedule *s, int bad_rank, int bad_step,
     for (int r = 0; r < s->pp; r++) {
         char h[32];
         snprintf(h, sizeof h, "Rank %d", r);
-        sb_printf(&b, "%-*s%s", w[r], h, r + 1 < s->pp ? " " : "\n");
+        sb_printf(&b, "%-*s%s", r + 1 < s->pp ? w[r] : 0, h, r + 1 < s->pp ? " " : "\n");
     }
     for (int i = 0; i < steps; i++) {
         sb_printf(&b, "Step %0*d: ", sw, i);

@@ -35,6 +35,10 @@ typedef struct {
     int mb;    /* microbatch index */
 } ap_action;
 
+/* Largest stages x microbatches accepted anywhere (keeps per-(stage, mb)
+ * tables of the validator and simulator under ~100 MB). */
+#define AP_SCHED_MAX_CELLS 1000000
+
 typedef enum { AP_STYLE_LOOP = 0, AP_STYLE_V = 1, AP_STYLE_CUSTOM = 2 } ap_sched_style;
 
 typedef enum {

@@ -91,6 +91,11 @@ int ap_schedule_simulate(const ap_schedule *s, const ap_sched_costs *c, ap_sched
     double *tfree = calloc((size_t)p, sizeof(double));
     int *live = calloc((size_t)p, sizeof(int));
     int *live_st = calloc((size_t)ns, sizeof(int));
+    if ((double)ns * m > AP_SCHED_MAX_CELLS) {
+        snprintf(err, errlen, "%d stages x %d microbatches is beyond the supported %d", ns, m,
+                 AP_SCHED_MAX_CELLS);
+        return -1;
+    }
     int total = 0;
     for (int r = 0; r < p; r++) total += s->len[r];
     out->pp = p;

@@ -58,8 +58,9 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
     if (p < 1 || ns < 1 || m < 1)
         return fail_at(&v, -1, -1, "schedule has pp %d, %d stages, %d microbatches; expected positive",
                        p, ns, m);
-    if ((double)ns * m > 2e7)
-        return fail_at(&v, -1, -1, "%d stages x %d microbatches is too large to validate", ns, m);
+    if ((double)ns * m > AP_SCHED_MAX_CELLS)
+        return fail_at(&v, -1, -1, "%d stages x %d microbatches is beyond the supported %d", ns, m,
+                       AP_SCHED_MAX_CELLS);
     for (int st = 0; st < ns; st++)
         if (s->stage_to_rank[st] < 0 || s->stage_to_rank[st] >= p)
             return fail_at(&v, -1, -1, "stage %d is placed on rank %d; expected 0..%d", st,
