@@ -34,6 +34,10 @@ t "exported CSV reloads with --csv, same figures" \
   '[ "$("$A" schedule --csv "$tmp/zb.csv" | grep "^makespan")" = "$("$A" schedule -s interleaved_zb -p 3 -m 6 | grep "^makespan")" ]'
 "$A" schedule -s 1f1b -p 2 -m 4 --lowered -o "$tmp/cc.csv" >/dev/null 2>&1; rc=$?
 t "compute_comms CSV export reloads" '"$A" schedule --csv "$tmp/cc.csv" >/dev/null 2>&1'
+"$A" schedule -s zbv -p 2 -m 4 --forward-only -o "$tmp/fo.csv" >/dev/null 2>&1; rc=$?
+t "forward-only CSV export has only forwards" '[ $rc -eq 0 ] && ! grep -q "[BIW]" "$tmp/fo.csv" && grep -q "3F3" "$tmp/fo.csv"'
+t "forward-only CSV shown with --forward-only" '"$A" schedule --csv "$tmp/fo.csv" --forward-only | grep -q "forward only"'
+t "forward-only CSV refused as a training schedule (2)" '"$A" schedule --csv "$tmp/fo.csv" 2>&1 | grep -q "cannot train"; "$A" schedule --csv "$tmp/fo.csv" >/dev/null 2>&1; [ $? -eq 2 ]'
 t "PyTorch compute_only CSV runs" '"$A" schedule --csv "$fix/torch_1f1b_pp2_m4_compute_only.csv" | grep -q "mean bubble 20.0%"'
 
 printf '0F0,0B0,0F1\n' >"$tmp/bad.csv"

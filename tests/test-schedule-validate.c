@@ -224,6 +224,50 @@ int main(void) {
             }
     }
 
+    /* forward-only (validation) schedules from every training schedule */
+    {
+        const char *names[] = {"gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "interleaved_zb", "zbv"};
+        ap_sched_costs c;
+        ap_sched_costs_default(&c);
+        for (int k = 0; k < 6; k++) {
+            ap_schedule *g = NULL, *f = NULL, *l = NULL, *back = NULL;
+            ap_sched_sim r;
+            int rc = ap_schedule_generate(&g, names[k], NULL, 4, 0, 8, err, sizeof err);
+            rc = rc || ap_schedule_forward_only(&f, g, err, sizeof err);
+            rc = rc || ap_schedule_lower(f, &l, err, sizeof err) || ap_schedule_validate(l, err, sizeof err);
+            int fonly = !rc, nf = 0;
+            for (int rk = 0; !rc && rk < l->pp; rk++)
+                for (int i = 0; i < l->len[rk]; i++) {
+                    int t = l->acts[rk][i].type;
+                    nf += t == AP_ACT_F;
+                    fonly &= t == AP_ACT_F || t == AP_ACT_SEND_F || t == AP_ACT_RECV_F;
+                }
+            char csv[65536];
+            FILE *mf = fmemopen(csv, sizeof csv, "w");
+            ap_schedule_write_csv(f, mf);
+            fclose(mf);
+            rc = rc || ap_schedule_parse_csv(&back, csv, strlen(csv), "fo.csv", 0, 0, err, sizeof err);
+            rc = rc || ap_schedule_simulate(f, &c, &r, err, sizeof err);
+            int v = g ? g->stages_per_rank : 0;
+            ok(!rc && fonly && nf == 8 * 4 * v && f->forward_only && back->forward_only &&
+                   ap_schedule_equal(f, back) && r.peak_live[0] == 0,
+               "%s forward-only: validates, lowered has only F/SEND_F/RECV_F, reloads as forward-only, "
+               "makespan %g: %s", names[k], rc ? 0.0 : r.makespan, rc ? err : "ok");
+            if (!rc && k == 0)
+                ok(r.makespan == 8 + 4 - 1, "gpipe forward-only p4 m8 makespan m+p-1 = 11 (%g)", r.makespan);
+            if (!rc) ap_sched_sim_free(&r);
+            if (f && k == 1) {
+                f->acts[0][0] = (ap_action){AP_ACT_B, 0, 0};
+                ok(ap_schedule_validate(f, err, sizeof err) < 0 && strstr(err, "in a forward-only schedule"),
+                   "a backward in a forward-only schedule is rejected");
+            }
+            ap_schedule_free(g);
+            ap_schedule_free(f);
+            ap_schedule_free(l);
+            ap_schedule_free(back);
+        }
+    }
+
     int n = 0;
     ok(ap_schedule_check_batch(12, 3, &n, err, sizeof err) == 0 && n == 4, "batch 12 / microbatch 3 -> 4");
     ok(ap_schedule_check_batch(10, 3, &n, err, sizeof err) < 0 &&

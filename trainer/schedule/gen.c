@@ -240,6 +240,32 @@ static void gen_zbv(gen_t *g) {
     }
 }
 
+int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *err, size_t errlen) {
+    *out = NULL;
+    ap_schedule *s = ap_schedule_new(train->pp, train->num_stages, train->microbatches, train->style,
+                                     train->kind);
+    if (!s) {
+        seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    s->stages_per_rank = train->stages_per_rank;
+    s->forward_only = 1;
+    memcpy(s->stage_to_rank, train->stage_to_rank, (size_t)train->num_stages * sizeof(int));
+    for (int r = 0; r < train->pp; r++)
+        for (int i = 0; i < train->len[r]; i++)
+            if (train->acts[r][i].type == AP_ACT_F && ap_schedule_push(s, r, train->acts[r][i])) {
+                seterr(err, errlen, "out of memory");
+                ap_schedule_free(s);
+                return -1;
+            }
+    if (ap_schedule_validate(s, err, errlen)) {
+        ap_schedule_free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
 int ap_schedule_check_batch(int batch_size, int microbatch_size, int *n_microbatches, char *err,
                             size_t errlen) {
     if (batch_size < 1) {
@@ -285,6 +311,12 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
         if (stages_per_rank > 0 && s->stages_per_rank != stages_per_rank) {
             seterr(err, errlen, "%s: %d stages per rank in the file, but stages_per_rank is %d", csv_path,
                    s->stages_per_rank, stages_per_rank);
+            ap_schedule_free(s);
+            return -1;
+        }
+        if (s->forward_only) {
+            seterr(err, errlen, "%s: no B, I or W actions: a forward-only schedule cannot train; "
+                   "pp_schedule_csv expects a training schedule", csv_path);
             ap_schedule_free(s);
             return -1;
         }

@@ -33,6 +33,7 @@ int ap_schedule_lower(const ap_schedule *in, ap_schedule **out, char *err, size_
     int *pc = calloc((size_t)p, sizeof(int));
     if (!s || !placed || !pc) goto oom;
     s->lowered = 1;
+    s->forward_only = in->forward_only;
     s->stages_per_rank = in->stages_per_rank;
     memcpy(s->stage_to_rank, in->stage_to_rank, (size_t)ns * sizeof(int));
 #define KEY(st, mb, ty) (((size_t)(st) * (size_t)m + (size_t)(mb)) * AP_ACT_NTYPES + (size_t)(ty))

@@ -35,10 +35,10 @@ void ap_schedule_render_text(const ap_schedule *s, const ap_sched_sim *r, FILE *
     int cols = (int)ceil(r->makespan / unit - 1e-9);
     char *line = malloc((size_t)cols * (size_t)w + 1);
     if (!line) return;
-    fprintf(f, "schedule %s: pp %d, %d stages (%d per rank, %s placement), %d microbatches%s\n",
+    fprintf(f, "schedule %s: pp %d, %d stages (%d per rank, %s placement), %d microbatches%s%s\n",
             ap_schedule_kind_name(s->kind), s->pp, s->num_stages, s->stages_per_rank,
             s->style == AP_STYLE_V ? "v" : s->style == AP_STYLE_LOOP ? "loop" : "custom", s->microbatches,
-            s->lowered ? " (with send/recv)" : "");
+            s->lowered ? " (with send/recv)" : "", s->forward_only ? ", forward only" : "");
     fprintf(f, "one column = %g time units; '.' = idle\n", unit);
     for (int rk = 0; rk < s->pp; rk++) {
         memset(line, '.', (size_t)cols * (size_t)w);

@@ -60,6 +60,7 @@ typedef struct {
     int style;   /* ap_sched_style: stage placement */
     int kind;    /* ap_sched_kind it came from */
     int lowered; /* 1: contains SEND/RECV (compute_comms form) */
+    int forward_only; /* 1: F only (validation pass), no backward expected */
     int *stage_to_rank; /* (num_stages) */
     int *len, *cap;     /* (pp) actions per rank */
     ap_action **acts;   /* (pp) -> (len[r]) */
@@ -122,6 +123,10 @@ int ap_schedule_generate(ap_schedule **out, const char *name_or_NULL, const char
  * *n_microbatches = batch_size / microbatch_size when it divides. */
 int ap_schedule_check_batch(int batch_size, int microbatch_size, int *n_microbatches, char *err,
                             size_t errlen);
+
+/* The forward actions of a training schedule, in its order, for a
+ * forward-only (validation) pass; sets forward_only. Validated. */
+int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *err, size_t errlen);
 
 /* ---- lowering (lower.c) ----
  * Adds SEND_F/RECV_F after each F and SEND_B/RECV_B after each B/I whose

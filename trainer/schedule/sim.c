@@ -147,6 +147,7 @@ int ap_schedule_simulate(const ap_schedule *s, const ap_sched_costs *c, ap_sched
                 if (start + d > out->makespan) out->makespan = start + d;
                 /* an activation lives from its F until B, or W for split backwards */
                 int delta = a.type == AP_ACT_F ? 1 : (a.type == AP_ACT_B || a.type == AP_ACT_W) ? -1 : 0;
+                if (s->forward_only) delta = 0; /* no-grad forwards keep nothing */
                 live[r] += delta;
                 live_st[st] += delta;
                 if (live[r] > out->peak_live[r]) out->peak_live[r] = live[r];
