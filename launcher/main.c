@@ -5,6 +5,7 @@
 #include "launcher/config.h"
 #include "trainer/plan.h"
 #include "launcher/mesh.h"
+#include "trainer/schedule/schedule.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@ const ap_command ap_commands[] = {
     {"plan", ap_cmd_plan, "show the mesh, stage placement and per-stage modules of a config (no MPI)"},
     {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
     {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
+    {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
     {NULL, NULL, NULL},
 };
 
