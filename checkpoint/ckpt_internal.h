@@ -13,4 +13,12 @@ void ap_ckpt_stage_file_name(char *buf, size_t n, int stage_id, int tp_rank, int
 int ap_ckpt_parse_step_name(const char *name); /* step_%08d -> step, else -1 */
 int ap_ckpt_is_committed(const char *stepdir);
 
+typedef struct ap_ckpt ap_ckpt;
+/* ap_ckpt_open, optionally without checking that the stage files exist
+ * with their sizes (verify reports each problem itself). */
+int ap_ckpt_open_ex(const char *path, int check_files, ap_ckpt **out, char *err, size_t errlen);
+int64_t ap_ckpt_step(const ap_ckpt *ck);
+const void *ap_ckpt_manifest(const ap_ckpt *ck); /* the parsed cJSON manifest */
+int64_t ap_ckpt_file_hid(ap_ckpt *ck, int fi, char *err, size_t errlen); /* HDF5 file id, opened once */
+
 #endif

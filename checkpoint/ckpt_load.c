@@ -24,6 +24,8 @@
 #define seterr ap_ckpt_seterr
 #define MANIFEST_MAX (256u << 20)
 
+static hid_t file_handle(ap_ckpt *ck, int fi, char *err, size_t errlen);
+
 struct ap_ckpt {
     char dir[PATH_MAX];
     cJSON *man;
@@ -290,6 +292,10 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
 }
 
 int ap_ckpt_open(const char *path, ap_ckpt **out, char *err, size_t errlen) {
+    return ap_ckpt_open_ex(path, 1, out, err, errlen);
+}
+
+int ap_ckpt_open_ex(const char *path, int check_files, ap_ckpt **out, char *err, size_t errlen) {
     *out = NULL;
     ap_ckpt_h5init();
     ap_ckpt *ck = calloc(1, sizeof *ck);
@@ -297,7 +303,7 @@ int ap_ckpt_open(const char *path, ap_ckpt **out, char *err, size_t errlen) {
         ap_ckpt_close(ck);
         return -1;
     }
-    for (int i = 0; i < ck->nfiles; i++) { /* cheap checks before any big read */
+    for (int i = 0; check_files && i < ck->nfiles; i++) { /* cheap checks before any big read */
         char p[PATH_MAX + 80];
         struct stat sb;
         snprintf(p, sizeof p, "%s/%s", ck->dir, ck->files[i].name);
@@ -339,6 +345,13 @@ const ap_ckpt_entry *ap_ckpt_find(const ap_ckpt *ck, const char *fqn) {
         else hi = mid - 1;
     }
     return NULL;
+}
+
+int64_t ap_ckpt_step(const ap_ckpt *ck) { return ck->step; }
+const void *ap_ckpt_manifest(const ap_ckpt *ck) { return ck->man; }
+
+int64_t ap_ckpt_file_hid(ap_ckpt *ck, int fi, char *err, size_t errlen) {
+    return file_handle(ck, fi, err, errlen);
 }
 
 static hid_t file_handle(ap_ckpt *ck, int fi, char *err, size_t errlen) {
