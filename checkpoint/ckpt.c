@@ -48,13 +48,23 @@ static herr_t h5_walk(unsigned n, const H5E_error2_t *e, void *data) {
     return 0;
 }
 
-const char *ap_ckpt_h5err(void) {
-    static __thread char buf[256];
-    buf[0] = 0;
+/* HDF5 API calls clear the error stack on entry: capture it right after the
+ * failing call, report it later. */
+static __thread char h5_last[256];
+
+void ap_ckpt_h5capture(void) {
+    char buf[256] = "";
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, h5_walk, buf);
     H5Eclear2(H5E_DEFAULT);
-    if (!buf[0]) snprintf(buf, sizeof buf, "unknown HDF5 error");
-    return buf;
+    if (buf[0]) snprintf(h5_last, sizeof h5_last, "%s", buf);
+}
+
+const char *ap_ckpt_h5err(void) {
+    static __thread char out[256];
+    ap_ckpt_h5capture();
+    snprintf(out, sizeof out, "%s", h5_last[0] ? h5_last : "unknown HDF5 error");
+    h5_last[0] = 0;
+    return out;
 }
 
 void ap_ckpt_h5init(void) {
@@ -242,6 +252,7 @@ static int write_array(hid_t grp, const char *name, const ap_ckpt_tensor *t, con
     H5Pset_fletcher32(dcpl);
     hid_t d = H5Dcreate2(grp, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     herr_t rc = d < 0 ? -1 : H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    if (rc < 0) ap_ckpt_h5capture();
     if (d >= 0) H5Dclose(d);
     H5Pclose(dcpl);
     H5Sclose(sp);
@@ -305,6 +316,7 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (f < 0) ap_ckpt_h5capture();
     H5Pclose(fapl);
     if (f < 0) {
         seterr(err, errlen, "%s: cannot create HDF5 file: %s (on Lustre/NFS try HDF5_USE_FILE_LOCKING=FALSE)", tmp,
@@ -334,6 +346,7 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
             break;
         }
         hid_t g = H5Gcreate2(tg, t->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (g < 0) ap_ckpt_h5capture();
         if (g < 0) {
             seterr(err, errlen, "%s: tensor %s: cannot create group (given twice?): %s", tmp, t->name, ap_ckpt_h5err());
             bad = 2;

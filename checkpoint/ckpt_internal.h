@@ -7,6 +7,7 @@
 
 void ap_ckpt_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 const char *ap_ckpt_h5err(void);   /* innermost message of the HDF5 error stack; clears it */
+void ap_ckpt_h5capture(void);     /* keep the current HDF5 error for ap_ckpt_h5err */
 void ap_ckpt_h5init(void);         /* silence HDF5's own error printing */
 size_t ap_ckpt_numel(int ndim, const size_t *shape);
 void ap_ckpt_stage_file_name(char *buf, size_t n, int stage_id, int tp_rank, int tp);

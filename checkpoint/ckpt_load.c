@@ -416,6 +416,7 @@ static int read_array(ap_ckpt *ck, const ap_ckpt_entry *e, int kind, float *buf,
         return -1;
     }
     herr_t rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+    if (rc < 0) ap_ckpt_h5capture();
     H5Dclose(d);
     if (rc < 0) {
         seterr(err, errlen, "%s/%s: reading %s failed: %s", ck->dir, fname, path, ap_ckpt_h5err());

@@ -43,8 +43,12 @@ static int flip(const char *file, const char *dset) {
     hsize_t size = 0;
     unsigned mask;
     hsize_t off[4];
-    if (d >= 0) H5Dget_chunk_info(d, H5S_ALL, 0, off, &mask, &addr, &size);
-    if (d >= 0) H5Dclose(d);
+    if (d >= 0) {
+        hid_t sp = H5Dget_space(d);
+        H5Dget_chunk_info(d, sp, 0, off, &mask, &addr, &size);
+        H5Sclose(sp);
+        H5Dclose(d);
+    }
     if (f >= 0) H5Fclose(f);
     if (addr == HADDR_UNDEF || size < 8) {
         fprintf(stderr, "flip: no chunk for %s in %s\n", dset, file);
