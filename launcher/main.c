@@ -6,6 +6,7 @@
 #include "trainer/plan.h"
 #include "launcher/mesh.h"
 #include "trainer/schedule/schedule.h"
+#include "checkpoint/ckpt.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ const ap_command ap_commands[] = {
     {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
     {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
     {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
+    {"ckpt", ap_cmd_ckpt, "inspect, verify, compare and export checkpoints"},
     {NULL, NULL, NULL},
 };
 
