@@ -282,9 +282,11 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         res->last_grad_norm = norm;
         if (!isfinite(loss) || !isfinite(norm)) {
             res->nonfinite = 1;
-            snprintf(err, errlen, "step %ld: %s%s%s is not finite (loss %g, grad norm %g); stopping before the update",
-                     step + 1, !isfinite(loss) ? "the loss" : "", !isfinite(loss) && !isfinite(norm) ? " and " : "",
-                     !isfinite(norm) ? "the gradient norm" : "", loss, norm);
+            const char *what = !isfinite(loss) && !isfinite(norm) ? "the loss and the gradient norm are"
+                               : !isfinite(loss)                    ? "the loss is"
+                                                                    : "the gradient norm is";
+            snprintf(err, errlen, "step %ld: %s not finite (loss %g, grad norm %g); stopped before the update",
+                     step + 1, what, fabs(loss), fabs(norm));
             goto done;
         }
 

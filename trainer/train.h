@@ -20,6 +20,7 @@
 
 #include "trainer/data.h"
 #include "trainer/lr.h"
+#include "trainer/model_config.h"
 #include "trainer/stage.h"
 
 struct ap_config;
@@ -121,5 +122,14 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
  * (the last batch may be shorter). *n_tokens gets the label count. */
 int ap_eval_loss(ap_step_engine *e, const ap_dataset *d, int mb, double *mean_loss, long *n_tokens, char *err,
                  size_t errlen);
+
+/* ---- commands (trainer/train_cmd.c) ---- */
+/* Loop options from the config (single process: dp 1). */
+void ap_train_opts_from_config(ap_train_opts *o, const struct ap_config *cfg, const ap_model_config *mc, int threads);
+/* `autopipe train` after its config is loaded: builds the model and data,
+ * runs the loop; returns the exit status (0, 1 failure or NaN, 2 config). */
+int ap_train_main(const struct ap_config *cfg);
+int ap_cmd_train(int argc, char **argv);
+int ap_cmd_eval(int argc, char **argv);
 
 #endif
