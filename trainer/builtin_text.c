@@ -53,15 +53,22 @@ static void put(gen *g, const char *fmt, ...) {
 
 #define PICK(a) a[rnd(g, (uint32_t)N(a))]
 
+/* "a" or "an" before w (by its first letter; enough for these word lists) */
+static const char *art(const char *w, int cap) {
+    int vowel = strchr("aeiouAEIOU", w[0]) != NULL;
+    return cap ? (vowel ? "An" : "A") : (vowel ? "an" : "a");
+}
+
 static void story(gen *g) {
     const char *who = PICK(names), *pet = PICK(animals), *place = PICK(places), *thing = PICK(things);
     const char *color = PICK(colors), *like = PICK(likes), *friend = PICK(names);
-    put(g, "Once upon a time, there was a %s named %s. ", pet, who);
+    while (friend == who) friend = PICK(names);
+    put(g, "Once upon a time, there was %s %s named %s. ", art(pet, 0), pet, who);
     put(g, "%s lived near the %s and liked to %s. ", who, place, like);
-    put(g, "One %s, %s found a %s %s in the %s. ", PICK(days), who, color, thing, place);
+    put(g, "One %s, %s found %s %s %s in the %s. ", PICK(days), who, art(color, 0), color, thing, place);
     switch (rnd(g, 3)) {
     case 0:
-        put(g, "%s said, \"Look, %s! A %s %s!\" ", who, friend, color, thing);
+        put(g, "%s said, \"Look, %s! %s %s %s!\" ", who, friend, art(color, 1), color, thing);
         put(g, "%s was %s, and they played with the %s all day. ", friend, PICK(feelings), thing);
         break;
     case 1:
@@ -81,7 +88,11 @@ static void facts(gen *g) {
         switch (rnd(g, 4)) {
         case 0: put(g, "%s plus %s is %s. ", numbers[a], numbers[b], numbers[a + b]); break;
         case 1: put(g, "%u + %u = %u. ", a * 7 + b, b * 3 + a, a * 7 + b + b * 3 + a); break;
-        case 2: put(g, "A %s is an animal. A %s is not an animal. ", PICK(animals), PICK(things)); break;
+        case 2: {
+            const char *an = PICK(animals), *th = PICK(things);
+            put(g, "%s %s is an animal. %s %s is not an animal. ", art(an, 1), an, art(th, 1), th);
+            break;
+        }
         default: put(g, "After %s comes %s. ", days[a], days[a + 1]);
         }
     }
@@ -90,6 +101,7 @@ static void facts(gen *g) {
 
 static void dialogue(gen *g) {
     const char *a = PICK(names), *b = PICK(names), *thing = PICK(things);
+    while (b == a) b = PICK(names);
     uint32_t k = 2 + rnd(g, 8);
     put(g, "%s: How many %ss do you have?\n", a, thing);
     put(g, "%s: I have %s %ss.\n", b, numbers[k], thing);
