@@ -7,6 +7,7 @@
 #include "launcher/mesh.h"
 #include "trainer/schedule/schedule.h"
 #include "checkpoint/ckpt.h"
+#include "trainer/data.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@ const ap_command ap_commands[] = {
     {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
     {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
     {"ckpt", ap_cmd_ckpt, "inspect, verify, compare and export checkpoints"},
+    {"tokenize", ap_cmd_tokenize, "byte-tokenize a text file into a token shard (.bin)"},
     {NULL, NULL, NULL},
 };
 
