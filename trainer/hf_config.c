@@ -3,6 +3,8 @@
  * GemmaConfig (checked against transformers 5.24). */
 #include "trainer/hf_config.h"
 
+#include "launcher/config.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -517,4 +519,16 @@ int ap_hf_config_write(const ap_model_config *c, const char *dir, char *err, siz
         return fail(err, errlen, "%s: write failed: %s", path, strerror(e));
     }
     return 0;
+}
+
+/* ---- model.pretrained_model_name_or_path: the launcher's config reads an HF
+ * directory through this hook (launcher/config.h), installed when this file
+ * is linked in, so the launcher does not depend on the trainer. ---- */
+
+int ap_hf_config_reader(const char *dir, ap_model_config *mc, char *err, size_t errlen) {
+    return ap_hf_config_read(mc, dir, err, errlen);
+}
+
+__attribute__((constructor)) static void install_pretrained_reader(void) {
+    ap_config_set_pretrained_reader(ap_hf_config_reader);
 }
