@@ -667,6 +667,17 @@ static int set_value(ap_config *cfg, const ap_cfg_key *k, yaml_document_t *doc, 
 /* Parses `text` as a one-value YAML document and sets key k from it. */
 static int set_from_text(ap_config *cfg, const ap_cfg_key *k, const char *text, const loc *where,
                          char *err, size_t errlen) {
+    /* A string key takes the text as it is (a path may hold ": " or " #"),
+     * unless it is quoted or a null word. */
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL", NULL};
+    scalar raw = {text, strlen(text), 1};
+    if (k->type == AP_CFG_STR && text[0] != '\'' && text[0] != '"' && !text_is(&raw, nulls)) {
+        char *s = strdup(text);
+        if (!s) { errf(err, errlen, where, "out of memory"); return -1; }
+        free(*(char **)field(cfg, k));
+        *(char **)field(cfg, k) = s;
+        return 0;
+    }
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) { errf(err, errlen, where, "out of memory"); return -1; }
@@ -724,7 +735,7 @@ static int load_yaml(ap_config *cfg, FILE *f, const char *text, const char *path
         else {
             loc l = {path, (int)parser.problem_mark.line + 1, (int)parser.problem_mark.column + 1, NULL};
             if (parser.context)
-                errf(err, errlen, &l, "YAML syntax error: %s %s (line %zu, column %zu)",
+                errf(err, errlen, &l, "YAML syntax error: %s %s (see line %zu, column %zu)",
                      parser.problem ? parser.problem : "", parser.context, parser.context_mark.line + 1,
                      parser.context_mark.column + 1);
             else

@@ -104,7 +104,8 @@ static void test_file_and_overrides(void) {
     char *ov[] = {"--distributed.pp_size", "2", "--optimizer.lr=0.5", "--autopipeline.layers_per_stage",
                   "null", "--autopipeline.module_fqns_per_model_part", "[[a, b], [c]]",
                   "--checkpoint.resume=false", "--optimizer.betas", "[0.5, 0.6]",
-                  "--autopipeline.pp_schedule", "1F1B", "--dataset.path_or_dataset=x=y.txt"};
+                  "--autopipeline.pp_schedule", "1F1B", "--dataset.path_or_dataset=x=y.txt",
+                  "--logging.metrics_file", "runs/a: b #1.jsonl", "--dataset.val_path", "'quoted'"};
     rc = load(&c, yaml, (int)(sizeof ov / sizeof *ov), ov, err, sizeof err);
     ok(rc == 0, "overrides apply%s%s", rc ? ": " : "", rc ? err : "");
     if (rc) return;
@@ -118,6 +119,8 @@ static void test_file_and_overrides(void) {
     ok(c.optimizer.betas[0] == 0.5 && c.optimizer.betas[1] == 0.6, "override a float list");
     ok(!strcmp(c.autopipeline.pp_schedule, "1F1B"), "str override kept verbatim");
     ok(!strcmp(c.dataset.path_or_dataset, "x=y.txt"), "'--k=v' splits at the first '='");
+    ok(!strcmp(c.logging.metrics_file, "runs/a: b #1.jsonl") && !strcmp(c.dataset.val_path, "quoted"),
+       "string override taken verbatim (': ' and ' #' kept), quotes removed when quoted");
     ap_config_free(&c);
 }
 
@@ -376,6 +379,35 @@ static void test_from_args(void) {
     ok(rc == -1 && strstr(err, "'--verbose'"), "from_args: no flags declared");
 }
 
+/* Mutated and truncated recipes: every load ends in 0 or -1 with a message, never a crash. */
+static void test_fuzz(void) {
+    const char *base =
+        "distributed: {pp_size: 2, dp_size: 1}\nautopipeline:\n  pp_schedule: zbv\n"
+        "  module_fqns_per_model_part: [[model.embed_tokens, model.layers.0], [model.layers.1, lm_head]]\n"
+        "optimizer:\n  betas: [0.9, 0.95]\n  lr: 1e-3\ncheckpoint: {checkpoint_dir: 'a b', resume: auto}\n";
+    size_t n = strlen(base);
+    char buf[512];
+    unsigned long long x = 88172645463325252ULL;
+    int bad = 0, errors = 0;
+    for (int it = 0; it < 400; it++) {
+        memcpy(buf, base, n + 1);
+        int muts = 1 + it % 4;
+        for (int m = 0; m < muts; m++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            static const char alphabet[] = "[]{}:,-'\"#&*!|>%@ \t\n0aZ.\\\x01\xff";
+            buf[x % n] = alphabet[(x >> 32) % (sizeof alphabet - 1)];
+        }
+        if (it % 7 == 0) buf[(x >> 16) % n] = 0; /* truncated */
+        ap_config c;
+        char err[512] = "";
+        int rc = load(&c, buf, 0, NULL, err, sizeof err);
+        if (rc == 0) ap_config_free(&c);
+        else if (rc != -1 || !err[0]) bad++;
+        else errors++;
+    }
+    ok(bad == 0 && errors > 100, "400 mutated recipes: each loads or fails with a message (%d failed cleanly)", errors);
+}
+
 static void test_reference(void) {
     char *buf = NULL;
     size_t len = 0;
@@ -412,6 +444,7 @@ int main(void) {
     test_guide_recipe();
     test_model();
     test_from_args();
+    test_fuzz();
     test_reference();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
