@@ -997,6 +997,17 @@ int ap_config_load_builtin(ap_config *cfg, int argc, char **overrides, char *err
     return load_impl(cfg, NULL, 1, argc, overrides, err, errlen);
 }
 
+int ap_config_load_string(ap_config *cfg, const char *yaml, const char *name, char *err,
+                          size_t errlen) {
+    ap_config_defaults(cfg);
+    if (load_yaml(cfg, NULL, yaml, name ? name : "<config text>", err, errlen) ||
+        ap_config_validate(cfg, err, errlen)) {
+        ap_config_free(cfg);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- the subcommand command line ---- */
 
 static const ap_cli_flag *find_flag(const ap_cli_flag *flags, const char *name, size_t len) {
@@ -1205,6 +1216,19 @@ int ap_config_emit_yaml(const ap_config *cfg, FILE *f) {
     if (e.ok && !yaml_emitter_flush(&e.em)) e.ok = 0;
     yaml_emitter_delete(&e.em);
     return e.ok && !ferror(f) ? 0 : -1;
+}
+
+char *ap_config_to_yaml(const ap_config *cfg) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    int rc = ap_config_emit_yaml(cfg, f);
+    if (fclose(f) || rc) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
 }
 
 /* ---- help and the reference ---- */

@@ -173,6 +173,15 @@ static void test_round_trip(void) {
     rc = ap_config_load(&e, write_file("d.yaml", yd), 0, NULL, err, sizeof err);
     char *ye = rc ? NULL : emit(&e);
     ok(rc == 0 && !strcmp(yd, ye), "round trip: the built-in defaults");
+    char *ys = ap_config_to_yaml(&a);
+    ap_config g;
+    int rs = ap_config_load_string(&g, ys, "<checkpoint>", err, sizeof err);
+    char *yg = rs ? NULL : ap_config_to_yaml(&g);
+    ok(ys && !strcmp(ys, y1) && rs == 0 && !strcmp(yg, y1), "round trip through a string (ap_config_to_yaml, ap_config_load_string)");
+    if (!rs) ap_config_free(&g);
+    free(ys); free(yg);
+    rs = ap_config_load_string(&g, "model:\n  hidden_size: -1\n", "<checkpoint>", err, sizeof err);
+    ok(rs == -1 && strstr(err, "<checkpoint>:2:16: model.hidden_size: -1 is out of range"), "string load names its label in errors");
     free(y1); free(y2); free(yd); free(ye);
     ap_config_free(&a); ap_config_free(&b); ap_config_free(&d);
     if (!rc) ap_config_free(&e);
