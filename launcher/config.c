@@ -222,6 +222,7 @@ static void suggest_key(const char *section, const char *typed, char *out, size_
     }
     if (out[0]) return;
     for (int i = 0; i < ap_cfg_nkeys; i++) { /* the right key in another section */
+        if (!strcmp(ap_cfg_keys[i].key, "_target_")) continue;
         if (!strcmp(ap_cfg_keys[i].key, typed) || edit_distance(typed, ap_cfg_keys[i].key) <= 1) {
             snprintf(out, len, " (did you mean %s.%s?)", ap_cfg_keys[i].section, ap_cfg_keys[i].key);
             return;
