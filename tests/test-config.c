@@ -98,7 +98,8 @@ static void test_file_and_overrides(void) {
        "file: list of lists (block of flow sequences)");
     ok(c.optimizer.lr == 1e-4 && c.optimizer.betas[0] == 0.8 && c.optimizer.betas[1] == 0.99,
        "file: floats and a float list");
-X
+    ok(c.dataloader.batch_size == 16 && c.dataloader.shuffle == 0 && c.rng.seed == 1111 && c.dataloader._target_,
+       "file: flow mappings, YAML 1.1 'no', NeMo dataloader/rng targets");
     ok(!c.clip_grad_norm.has_max_norm && isinf(c.clip_grad_norm.norm_type), "file: null float, .inf");
     ap_config_free(&c);
 
