@@ -84,6 +84,11 @@ t "sbatch --pp-size=x is refused at submission" '[ $rc -ne 0 ] && grep -q "autop
 timeout 60 salloc --immediate=30 --pp-size=2 -n 4 srun printenv AUTOPIPE_DP_SIZE >"$d/out" 2>"$d/err"; rc=$?
 t "salloc --pp-size=2 -n 4 srun ...: dp 2" '[ $rc -eq 0 ] && [ "$(sort -u "$d/out")" = "2" ]'
 
+for j in pretrain-single-node finetune-hf preemptible inspect-checkpoint; do
+  (cd "$d" && timeout 60 sbatch --test-only "$top_srcdir/jobs/$j.sbatch" >"$d/out" 2>&1); rc=$?
+  t "jobs/$j.sbatch: its #SBATCH lines are accepted (sbatch --test-only)" '[ $rc -eq 0 ] && grep -q "to start at" "$d/out"'
+done
+
 # ---- plugstack.conf arguments (read by every srun) ----
 plugin=$(cluster_plugin)
 echo "required $plugin max_pp=2 default_tp=2" >"$d/plugstack.conf"
