@@ -38,6 +38,10 @@ for f in "$top_srcdir"/jobs/configs/*.yaml; do
   for k in $used; do is_key "$k" || bad="$bad $k"; done
   t "$b: every key is a known key${bad:+ (unknown:$bad)}" '[ -n "$used" ] && [ -z "$bad" ]'
   t "$b: starts with a comment saying what it is for" 'head -1 "$f" | grep -q "^# $b - "'
+  t "$b: loads with the real parser (autopipe config)" '"$AUTOPIPE" config --config "$f" >/dev/null'
+  if ! grep -q "from_pretrained" "$f"; then  # from_pretrained needs the HF directory itself
+    t "$b: autopipe plan places its stages" '"$AUTOPIPE" plan --config "$f" | grep -q "^mesh: pp"'
+  fi
 done
 echo "1..$n"
 exit $fail
