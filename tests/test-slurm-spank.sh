@@ -101,6 +101,18 @@ for a in bogus=1 max_pp=0 max_pp=x max_pp; do
   S -n 1 true >"$d/out" 2>&1; rc=$?
   t "plugstack argument '$a' makes the plugin refuse to load" '[ $rc -ne 0 ] && grep -q "autopipe: .*; the plugin is not loaded" "$d/out"'
 done
+# srun sees good arguments, the node bad ones (a site half-way through an
+# edit): tasks using the flags fail with a message, others run, no drain.
+echo "required $plugin" >"$d/plugstack.good"
+sed "s|^PlugStackConfig=.*|PlugStackConfig=$d/plugstack.good|" "$SLURM_CONF" >"$d/client.conf"
+echo "required $plugin bogus=1" >"$d/plugstack.conf"
+SLURM_CONF="$d/client.conf" S --pp-size=1 -n 1 touch "$d/ran" >"$d/out" 2>&1; rc=$?
+t "bad arguments on the node only: the task fails in task_init with the reason" \
+  '[ $rc -ne 0 ] && grep -q "autopipe: this node.s plugstack.conf arguments for spank_autopipe.so are invalid" "$d/out" && [ ! -e "$d/ran" ]'
+SLURM_CONF="$d/client.conf" S -n 1 echo noflags >"$d/out" 2>&1; rc=$?
+t "... a step without the flags still runs there" '[ $rc -eq 0 ] && grep -qx noflags "$d/out"'
+t "... and the node is not drained" '! sinfo -h -N -o %T | grep -q -i drain'
+
 echo "required $plugin" >"$d/plugstack.conf"
 S --pp-size=2 -n 2 true >"$d/out" 2>&1; rc=$?
 t "restored plugstack.conf works again" '[ $rc -eq 0 ]'
