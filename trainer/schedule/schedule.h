@@ -148,15 +148,20 @@ int ap_schedule_lower(const ap_schedule *in, ap_schedule **out, char *err, size_
 int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen);
 
 /* ---- simulator (sim.c) ---- */
+#define AP_SCHED_COST_STAGES 256 /* stages that "F@3=2" style overrides can name */
+
 typedef struct {
     double cost[AP_ACT_NTYPES]; /* per type (F, B, I, W used) */
     double comm;                /* added to every cross-rank dependency */
-    const double *stage_cost[AP_ACT_NTYPES]; /* optional (num_stages) overrides */
+    const double *stage_cost[AP_ACT_NTYPES]; /* optional (num_stages) arrays, e.g. measured */
+    /* single-stage overrides from ap_sched_costs_parse ("F@3=2"); stage_cost wins */
+    double over[AP_ACT_NTYPES][AP_SCHED_COST_STAGES];
+    unsigned char has_over[AP_ACT_NTYPES][AP_SCHED_COST_STAGES];
 } ap_sched_costs;
 
-/* Defaults F=1, B=2, I=1, W=1, comm=0. */
+/* Defaults F=1, B=2, I=1, W=1, comm=0, no overrides. */
 void ap_sched_costs_default(ap_sched_costs *c);
-/* "F=1,B=2,I=1,W=1,comm=0.5" (any subset). */
+/* "F=1,B=2,I=1,W=1,comm=0.5,F@3=2" (any subset; TYPE@STAGE for one stage). */
 int ap_sched_costs_parse(ap_sched_costs *c, const char *text, char *err, size_t errlen);
 
 typedef struct {
