@@ -192,6 +192,9 @@ void ap_sched_sim_free(ap_sched_sim *r);
 /* Text timeline: one line per rank, a column per time unit, F/B/I/W cells
  * with microbatch numbers, '.' idle; then bubble and memory figures. */
 void ap_schedule_render_text(const ap_schedule *s, const ap_sched_sim *r, FILE *f);
+/* Chrome trace-event JSON of the simulated timeline (one time unit = 1 ms),
+ * one track per rank, to open in Perfetto next to a measured trace. */
+int ap_schedule_write_trace(const ap_schedule *s, const ap_sched_sim *r, FILE *f);
 /* PNG or SVG (by the path's extension) through cairo. */
 int ap_schedule_render_image(const ap_schedule *s, const ap_sched_sim *r, const char *path,
                              char *err, size_t errlen);
