@@ -37,6 +37,12 @@ static int build(const char *name, int p, int v, int m, ap_schedule **s, ap_sche
                 return -3;
             }
         }
+    /* PyTorch's lowering order is safe for stricter runtimes too */
+    if (ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_SENDS, err, sizeof err) ||
+        ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_RECVS, err, sizeof err)) {
+        ap_schedule_free(low);
+        return -5;
+    }
     ap_schedule_free(low);
     if (ap_schedule_simulate(*s, &c, r, err, sizeof err)) return -4;
     return 0;

@@ -143,6 +143,10 @@ int ap_cmd_schedule(int argc, char **argv) {
             nsend += low->acts[r][i].type == AP_ACT_SEND_F || low->acts[r][i].type == AP_ACT_SEND_B;
         }
     printf("validated: complete and deadlock-free (%d actions with %d send/recv pairs)\n", nact, nsend);
+    int strict_s = ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_SENDS, err, sizeof err) == 0;
+    int strict_r = ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_RECVS, err, sizeof err) == 0;
+    printf("deadlock-free with blocking sends: %s; with blocking receives: %s\n", strict_s ? "yes" : "no",
+           strict_r ? "yes" : "no");
     if (grid) {
         const ap_schedule *g = lowered_out ? low : s;
         size_t need = ap_schedule_format_grid(g, -1, -1, NULL, 0) + 1;

@@ -146,6 +146,13 @@ int ap_schedule_lower(const ap_schedule *in, ap_schedule **out, char *err, size_
  * waits for its data) finishes. On failure err holds the reason and the grid
  * with the bad cell marked (give a few KiB). */
 int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen);
+/* Stricter runtimes (use one flag at a time):
+ * AP_VALIDATE_BLOCKING_SENDS: a SEND blocks until the peer has posted the
+ *   matching RECV (MPI_Ssend / rendezvous);
+ * AP_VALIDATE_BLOCKING_RECVS: a RECV blocks until the peer has sent
+ *   (blocking MPI_Recv at the RECV cell; PyTorch's _simulate_comms_compute). */
+enum { AP_VALIDATE_BLOCKING_SENDS = 1, AP_VALIDATE_BLOCKING_RECVS = 2 };
+int ap_schedule_validate_ex(const ap_schedule *s, int flags, char *err, size_t errlen);
 
 /* ---- simulator (sim.c) ---- */
 #define AP_SCHED_COST_STAGES 256 /* stages that "F@3=2" style overrides can name */
