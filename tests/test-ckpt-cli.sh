@@ -79,9 +79,27 @@ l2 = sum(x * x for x in one["model.norm.weight"]) ** 0.5
 print("%.6g" % l2)
 PY
 t "export: safetensors parse (stdlib), shards == single file, 75 tensors" 'python3 $T/st.py $T/hf $T/hf2'
+cat >"$T/bf.py" <<'PY'
+import json, struct, sys
+def hdr(p):
+    f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; return f, json.loads(f.read(n)), 8 + n
+f, h, b = hdr(sys.argv[1] + "/model.safetensors"); g, k, c = hdr(sys.argv[2] + "/model.safetensors")
+worst = 0
+for name, v in h.items():
+    if name == "__metadata__": continue
+    w = k[name]; assert w["dtype"] == "BF16" and w["shape"] == v["shape"], name
+    f.seek(b + v["data_offsets"][0]); n = (v["data_offsets"][1] - v["data_offsets"][0]) // 4
+    x = struct.unpack("<%df" % n, f.read(4 * n))
+    g.seek(c + w["data_offsets"][0]); y = struct.unpack("<%dH" % n, g.read(2 * n))
+    for a, e in zip(x, y):
+        r = struct.unpack("<f", struct.pack("<I", e << 16))[0]
+        worst = max(worst, abs(a - r) / max(abs(a), 1e-30))
+assert worst <= 2 ** -8, worst
+PY
+t "export --dtype bfloat16: BF16 within bf16 rounding of the F32 export" '$A ckpt export $T/c --to $T/hfb --dtype bfloat16 && python3 $T/bf.py $T/hf $T/hfb'
 t "export: values match ckpt ls --stats (L2 of model.norm.weight)" 'l2=$(python3 $T/st.py $T/hf $T/hf2) && $A ckpt ls --stats $T/c | grep "^model.norm.weight " | grep -q "l2 $l2\$"'
 else
-skip "python3 not found: safetensors structure not checked"; skip "python3 not found"
+skip "python3 not found: safetensors structure not checked"; skip "python3 not found"; skip "python3 not found"
 fi
 t "export of a damaged checkpoint fails, exit 1" '[ $(st $A ckpt export $T/dmg --to $T/hf3) -eq 1 ]'
 
