@@ -13,6 +13,7 @@
 #ifndef AP_SCHEDULE_H
 #define AP_SCHEDULE_H
 
+#include "launcher/topology.h"
 #include <stddef.h>
 #include <stdio.h>
 
@@ -39,7 +40,7 @@ typedef struct {
  * tables of the validator and simulator under ~100 MB). */
 #define AP_SCHED_MAX_CELLS 1000000
 
-typedef enum { AP_STYLE_LOOP = 0, AP_STYLE_V = 1, AP_STYLE_CUSTOM = 2 } ap_sched_style;
+typedef enum ap_stage_style ap_sched_style; /* launcher/topology.h */
 
 typedef enum {
     AP_SCHED_GPIPE = 0,
