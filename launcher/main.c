@@ -2,6 +2,7 @@
  * Exit codes: 0 ok, 1 runtime failure, 2 usage or config error. */
 #include "config.h"
 #include "launcher/commands.h"
+#include "trainer/schedule/schedule.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@ static int cmd_version(int argc, char **argv);
 const ap_command ap_commands[] = {
     {"help", cmd_help, "show this help, or a subcommand's with `autopipe help CMD`"},
     {"version", cmd_version, "print the version"},
+    {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
     {NULL, NULL, NULL},
 };
 
