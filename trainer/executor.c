@@ -57,6 +57,9 @@ struct ap_executor {
     double *mb_loss; /* (nmb) */
     long *mb_tokens; /* (nmb) */
     double t_origin;
+    float *dl;       /* (nmb) dloss per microbatch */
+    int step_open;   /* a step's forward_backward ran, its sync_grads not yet */
+    double step_t0, wait_s, last_step_s, last_wait_s;
     trace_ev *ev;
     size_t n_ev, cap_ev;
 };
@@ -213,7 +216,8 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
     ex->ls = calloc((size_t)ex->n_local, sizeof *ex->ls);
     ex->mb_loss = calloc((size_t)ex->nmb, sizeof *ex->mb_loss);
     ex->mb_tokens = calloc((size_t)ex->nmb, sizeof *ex->mb_tokens);
-    if (!ex->local_of || !ex->ls || !ex->mb_loss || !ex->mb_tokens) goto oom;
+    ex->dl = calloc((size_t)ex->nmb, sizeof *ex->dl);
+    if (!ex->local_of || !ex->ls || !ex->mb_loss || !ex->mb_tokens || !ex->dl) goto oom;
     for (int s = 0; s < S; s++) ex->local_of[s] = -1;
     ex->first_rank = cfg->stage_rank[0];
     ex->last_rank = cfg->stage_rank[S - 1];
@@ -367,6 +371,7 @@ void ap_executor_destroy(ap_executor *ex) {
     free(ex->tied_tmp);
     free(ex->mb_loss);
     free(ex->mb_tokens);
+    free(ex->dl);
     free(ex->ev);
     free(ex);
 }
@@ -443,14 +448,17 @@ static double timed_wait(MPI_Request *r) {
     return MPI_Wtime() - t;
 }
 
-/* Runs the action list once. train: full step; else forward-only (no grad)
- * over the F, SEND_F and RECV_F actions. dloss per microbatch in dl. */
-static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int train, int sync,
-                       const float *dl, double *wait_s, char *err, size_t errlen) {
+/* Runs the action list once. train: forward and backward of all
+ * num_microbatches; else forward-only (no grad) over the F, SEND_F and RECV_F
+ * actions of microbatches < n_micro: a sub-order of a deadlock-free order is
+ * deadlock-free. dl: dloss per microbatch. Adds the time blocked on receives
+ * to ex->wait_s. */
+static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int train, int n_micro,
+                       int sync, const float *dl, char *err, size_t errlen) {
     const ap_executor_config *c = &ex->cfg;
     MPI_Comm pp = c->pp_comm;
     size_t A = ex->act;
-    *wait_s = 0;
+    double *wait_s = &ex->wait_s;
     ex->n_send = 0;
     for (int m = 0; m < ex->nmb; m++) {
         ex->mb_loss[m] = 0;
@@ -465,17 +473,17 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             l->slot_of_mb[m] = -1;
             l->state[m] = MB_NONE;
         }
-        l->dp_started = 0;
     }
     /* Post every receive of the step now: the buffers are per (stage, microbatch). */
     for (int i = 0; i < c->n_actions; i++) {
         const ap_action *a = &c->actions[i];
         if (a->type != AP_ACT_RECV_F && a->type != AP_ACT_RECV_B) continue;
+        if (a->mb >= n_micro || (!train && a->type == AP_ACT_RECV_B)) continue;
         lstage *l = &ex->ls[ex->local_of[a->stage]];
         if (a->type == AP_ACT_RECV_F)
             MPI_Irecv(mbptr(l->in, A, a->mb), (int)A, MPI_FLOAT, l->prev_rank, pipe_tag(ex, a->stage - 1, a->mb, 0),
                       pp, &l->rq_in[a->mb]);
-        else if (a->type == AP_ACT_RECV_B && train)
+        else
             MPI_Irecv(mbptr(l->dout, A, a->mb), (int)A, MPI_FLOAT, l->next_rank, pipe_tag(ex, a->stage, a->mb, 1),
                       pp, &l->rq_dout[a->mb]);
     }
@@ -484,7 +492,7 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
     for (int i = 0; i < c->n_actions; i++) {
         const ap_action *a = &c->actions[i];
         int t = a->type, m = a->mb;
-        if (t == AP_ACT_NONE) continue;
+        if (t == AP_ACT_NONE || m >= n_micro) continue;
         if (!train && t != AP_ACT_F && t != AP_ACT_SEND_F && t != AP_ACT_RECV_F) continue;
         lstage *l = &ex->ls[ex->local_of[a->stage]];
         ap_stage *st = l->st;
@@ -558,7 +566,7 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             seterr(err, errlen, "executor: stage %d failed in %s of microbatch %d (%d)", l->id, type_name(t), m, rc);
             return -1;
         }
-        if (train && sync && i == l->last_bwd && start_dp(ex, l)) goto oom;
+        if (train && sync && i == l->last_bwd && !l->dp_started && start_dp(ex, l)) goto oom;
         if (ex->n_dp) {
             int flag;
             MPI_Testall(ex->n_dp, ex->rq_dp, &flag, MPI_STATUSES_IGNORE); /* progress the all-reduces */
@@ -578,6 +586,92 @@ oom:
     return -1;
 }
 
+static int need_data(ap_executor *ex, const int32_t *tokens, const int32_t *labels, char *err, size_t errlen) {
+    if ((ex->has_first && !tokens) || (ex->has_last && !labels)) {
+        seterr(err, errlen, "executor: pp rank %d holds the %s stage but got no %s", ex->pp_rank,
+               ex->has_first && !tokens ? "first" : "last", ex->has_first && !tokens ? "token ids" : "labels");
+        return -1;
+    }
+    return 0;
+}
+
+int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, float dloss,
+                                 int last_of_step, double *loss_sum, long *n_tokens, char *err, size_t errlen) {
+    if (need_data(ex, tokens, labels, err, errlen)) return -1;
+    if (!ex->step_open) {
+        ex->step_open = 1;
+        ex->step_t0 = MPI_Wtime();
+        ex->wait_s = 0;
+        for (int li = 0; li < ex->n_local; li++) ex->ls[li].dp_started = 0;
+    }
+    float *dl = ex->dl;
+    if (ex->has_last) {
+        const ap_stage *last = ex->ls[ex->local_of[ex->cfg.num_stages - 1]].st;
+        size_t bt = (size_t)last->B * last->T;
+        for (int m = 0; m < ex->nmb; m++) {
+            if (ex->cfg.scale_grads_in_schedule) { /* mean of the microbatch, then / microbatches (and dp ranks) */
+                long nm = count_labels(labels + (size_t)m * bt, bt);
+                dl[m] = nm ? (float)(1.0 / ((double)nm * ex->nmb * ex->dp_size)) : 0.0f;
+            } else {
+                dl[m] = dloss;
+            }
+        }
+    }
+    if (run_actions(ex, tokens, labels, 1, ex->nmb, last_of_step, dl, err, errlen)) return -1;
+    if (ex->has_last)
+        for (int m = 0; m < ex->nmb; m++) {
+            if (ex->cfg.scale_grads_in_schedule) {
+                if (ex->mb_tokens[m]) *loss_sum += ex->mb_loss[m] / (double)ex->mb_tokens[m];
+                *n_tokens += 1;
+            } else {
+                *loss_sum += ex->mb_loss[m];
+                *n_tokens += ex->mb_tokens[m];
+            }
+        }
+    return 0;
+}
+
+int ap_executor_sync_grads(ap_executor *ex, char *err, size_t errlen) {
+    for (int li = 0; li < ex->n_local; li++)
+        if (!ex->ls[li].dp_started && start_dp(ex, &ex->ls[li])) {
+            seterr(err, errlen, "executor: out of memory");
+            return -1;
+        }
+    MPI_Waitall(ex->n_dp, ex->rq_dp, MPI_STATUSES_IGNORE);
+    ex->n_dp = 0;
+    sum_tied(ex);
+    ex->step_open = 0;
+    ex->last_step_s = MPI_Wtime() - ex->step_t0;
+    ex->last_wait_s = ex->wait_s;
+    return 0;
+}
+
+void ap_executor_last_bubble(const ap_executor *ex, double *step_s, double *wait_s) {
+    *step_s = ex->last_step_s;
+    *wait_s = ex->last_wait_s;
+}
+
+int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int n_micro,
+                        double *loss_sum, long *n_tokens, char *err, size_t errlen) {
+    if (need_data(ex, tokens, labels, err, errlen)) return -1;
+    const ap_stage *any = ex->ls[0].st;
+    size_t bt = (size_t)any->B * any->T;
+    double keep = ex->wait_s; /* validation waits are not the training step's bubble */
+    for (int m0 = 0; m0 < n_micro; m0 += ex->nmb) {
+        int n = n_micro - m0 < ex->nmb ? n_micro - m0 : ex->nmb;
+        if (run_actions(ex, tokens ? tokens + (size_t)m0 * bt : NULL, labels ? labels + (size_t)m0 * bt : NULL, 0, n,
+                        0, NULL, err, errlen))
+            return -1;
+        if (ex->has_last)
+            for (int m = 0; m < n; m++) {
+                *loss_sum += ex->mb_loss[m];
+                *n_tokens += ex->mb_tokens[m];
+            }
+    }
+    ex->wait_s = keep;
+    return 0;
+}
+
 /* The mean loss on every rank: summed over dp on the last stage, broadcast over pp. */
 static double reduce_loss(ap_executor *ex, double num, double den) {
     double v[2] = {num, den};
@@ -589,67 +683,25 @@ static double reduce_loss(ap_executor *ex, double num, double den) {
 
 int ap_executor_step(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int zero_grads,
                      int sync_grads, long total_tokens, ap_step_stats *st, char *err, size_t errlen) {
-    double t_start = MPI_Wtime();
-    if ((ex->has_first && !tokens) || (ex->has_last && !labels)) {
-        seterr(err, errlen, "executor: pp rank %d holds the %s stage but got no %s", ex->pp_rank,
-               ex->has_first && !tokens ? "first" : "last", ex->has_first && !tokens ? "tokens" : "labels");
-        return -1;
-    }
+    if (need_data(ex, tokens, labels, err, errlen)) return -1;
     if (zero_grads)
         for (int li = 0; li < ex->n_local; li++)
             memset(ex->ls[li].st->grads, 0, ex->ls[li].st->n_params * sizeof(float));
     long N = total_tokens > 0 ? total_tokens : ap_executor_count_labels(ex, labels);
-    float *dl = malloc((size_t)ex->nmb * sizeof *dl);
-    if (!dl) {
-        seterr(err, errlen, "executor: out of memory");
+    double num = 0;
+    long den = 0;
+    if (ap_executor_forward_backward(ex, tokens, labels, N > 0 ? (float)(1.0 / (double)N) : 0.0f, sync_grads, &num,
+                                     &den, err, errlen))
         return -1;
-    }
-    if (ex->has_last) {
-        const ap_stage *last = ex->ls[ex->local_of[ex->cfg.num_stages - 1]].st;
-        size_t bt = (size_t)last->B * last->T;
-        for (int m = 0; m < ex->nmb; m++) {
-            if (ex->cfg.scale_grads_in_schedule) {
-                long nm = count_labels(labels + (size_t)m * bt, bt);
-                dl[m] = nm ? (float)(1.0 / ((double)nm * ex->nmb * ex->dp_size)) : 0.0f;
-            } else {
-                dl[m] = N > 0 ? (float)(1.0 / (double)N) : 0.0f;
-            }
-        }
-    }
-    double wait_s = 0;
-    int rc = run_actions(ex, tokens, labels, 1, sync_grads, dl, &wait_s, err, errlen);
-    free(dl);
-    if (rc) return rc;
-    if (sync_grads) {
-        for (int li = 0; li < ex->n_local; li++)
-            if (!ex->ls[li].dp_started && start_dp(ex, &ex->ls[li])) {
-                seterr(err, errlen, "executor: out of memory");
-                return -1;
-            }
-        MPI_Waitall(ex->n_dp, ex->rq_dp, MPI_STATUSES_IGNORE);
-        ex->n_dp = 0;
-        sum_tied(ex);
-    }
-    double num = 0, den = 0;
-    if (ex->has_last) {
-        for (int m = 0; m < ex->nmb; m++) {
-            if (ex->cfg.scale_grads_in_schedule) {
-                if (ex->mb_tokens[m]) num += ex->mb_loss[m] / (double)ex->mb_tokens[m];
-                den += 1;
-            } else {
-                num += ex->mb_loss[m];
-                den += (double)ex->mb_tokens[m];
-            }
-        }
-    }
-    double loss = reduce_loss(ex, num, den);
+    if (sync_grads && ap_executor_sync_grads(ex, err, errlen)) return -1;
+    double loss = reduce_loss(ex, num, (double)den);
     if (st) {
         memset(st, 0, sizeof *st);
         st->loss = loss;
         st->n_tokens = N;
-        st->step_s = MPI_Wtime() - t_start;
-        st->wait_s = wait_s;
-        st->bubble = st->step_s > 0 ? wait_s / st->step_s : 0;
+        st->step_s = ex->last_step_s;
+        st->wait_s = ex->last_wait_s;
+        st->bubble = st->step_s > 0 ? st->wait_s / st->step_s : 0;
         double b = st->bubble;
         MPI_Allreduce(MPI_IN_PLACE, &b, 1, MPI_DOUBLE, MPI_MAX, ex->cfg.pp_comm);
         if (ex->cfg.dp_comm != MPI_COMM_NULL) MPI_Allreduce(MPI_IN_PLACE, &b, 1, MPI_DOUBLE, MPI_MAX, ex->cfg.dp_comm);
@@ -660,20 +712,10 @@ int ap_executor_step(ap_executor *ex, const int32_t *tokens, const int32_t *labe
 
 int ap_executor_eval(ap_executor *ex, const int32_t *tokens, const int32_t *labels, double *loss, char *err,
                      size_t errlen) {
-    if ((ex->has_first && !tokens) || (ex->has_last && !labels)) {
-        seterr(err, errlen, "executor: eval on pp rank %d needs %s", ex->pp_rank,
-               ex->has_first && !tokens ? "tokens" : "labels");
-        return -1;
-    }
-    double wait_s;
-    if (run_actions(ex, tokens, labels, 0, 0, NULL, &wait_s, err, errlen)) return -1;
-    double num = 0, den = 0;
-    if (ex->has_last)
-        for (int m = 0; m < ex->nmb; m++) {
-            num += ex->mb_loss[m];
-            den += (double)ex->mb_tokens[m];
-        }
-    *loss = reduce_loss(ex, num, den);
+    double num = 0;
+    long den = 0;
+    if (ap_executor_forward(ex, tokens, labels, ex->nmb, &num, &den, err, errlen)) return -1;
+    *loss = reduce_loss(ex, num, (double)den);
     return 0;
 }
 

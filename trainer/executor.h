@@ -65,24 +65,45 @@ typedef struct {
 int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *err, size_t errlen);
 void ap_executor_destroy(ap_executor *ex);
 
-/* One training step's forward and backward over the per-dp-rank batch:
- * tokens and labels are (num_microbatches * B, T) row-major; tokens are read
- * only when this rank holds the first stage, labels only when it holds the
- * last (either may be NULL otherwise). Grads are zeroed first when zero_grads,
- * and reduced (dp all-reduce, tied embeddings) when sync_grads; several calls
- * with sync_grads only on the last accumulate gradients (grad_acc_steps).
- * total_tokens: label tokens of the whole optimizer step over all dp ranks
- * (ap_executor_count_labels summed over the accumulated batches); 0 = count
- * this batch's. */
+/* Forward and backward of one batch of this dp rank: tokens and labels are
+ * (num_microbatches * B, T) row-major, tokens read only when this rank holds
+ * the first stage, labels only when it holds the last (either may be NULL
+ * otherwise). Grads accumulate (+=). dloss: the gradient of the loss w.r.t.
+ * its sum (1 / label tokens of the whole optimizer step over all dp ranks);
+ * ignored with scale_grads_in_schedule. last_of_step: start each stage's dp
+ * all-reduce as soon as its last backward is done. Adds this rank's summed
+ * loss and label count (the last stage's; per-microbatch means and
+ * microbatches with scale_grads_in_schedule) to *loss_sum, *n_tokens. */
+int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, float dloss,
+                                 int last_of_step, double *loss_sum, long *n_tokens, char *err, size_t errlen);
+
+/* Once per optimizer step, after the last forward_backward: finishes the dp
+ * all-reduce (sum) and sums the tied embedding grads of the first and last
+ * stage, so every copy is equal. */
+int ap_executor_sync_grads(ap_executor *ex, char *err, size_t errlen);
+
+/* Of the last synced step on this rank: wall time from its first
+ * forward_backward to the end of sync_grads, and the time blocked on receives. */
+void ap_executor_last_bubble(const ap_executor *ex, double *step_s, double *wait_s);
+
+/* No-grad forward of n_micro microbatches (any count) in the schedule's
+ * forward order; adds this rank's loss sum and label count. */
+int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int n_micro,
+                        double *loss_sum, long *n_tokens, char *err, size_t errlen);
+
+/* A whole step on top of the above: zero grads (zero_grads), count labels
+ * over dp (total_tokens <= 0) or take total_tokens, forward_backward with
+ * dloss = 1/N, sync (sync_grads), and the global mean loss and bubble
+ * figures in *st on every rank. */
 int ap_executor_step(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int zero_grads,
                      int sync_grads, long total_tokens, ap_step_stats *st, char *err, size_t errlen);
 
-/* Label tokens (!= -100) of this per-dp-rank batch summed over dp. Every rank
- * calls it; labels may be NULL on ranks without the last stage. */
+/* Label tokens (!= -100) of this per-dp-rank batch summed over dp, on every
+ * rank; labels may be NULL on ranks without the last stage. */
 long ap_executor_count_labels(ap_executor *ex, const int32_t *labels);
 
-/* Forward-only pass of the schedule's F actions (no activations kept): the
- * mean loss over label tokens of the batch across dp, on every rank. */
+/* Forward-only validation over num_microbatches: the mean loss over label
+ * tokens of the batch across dp, on every rank. */
 int ap_executor_eval(ap_executor *ex, const int32_t *tokens, const int32_t *labels, double *loss,
                      char *err, size_t errlen);
 
