@@ -8,11 +8,13 @@
  * losses and final parameters as one process training a single stage that
  * holds every layer on the whole global batch (dp x batch_size samples), to
  * 1e-5 relative (max |a - b| / max |b| per tensor). Rank 0 prints TAP. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/tap.h"
 #include "tests/tiny_stage.h"
@@ -78,7 +80,33 @@ typedef struct {
     const char *sched;
     int pp, dp, spr, tie, nlayers, in_schedule;
     double max_norm;
+    int trace; /* write and check a Chrome trace per rank */
 } tcase;
+
+/* Rank's trace file: one X event per executed action (3 steps + 1 eval),
+ * F count = 4 x local stages x microbatches, B+I count = 3 x that, ts/dur >= 0. */
+static int check_trace(const char *path, int nloc, int nmb) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cJSON *j = cJSON_Parse(buf);
+    cJSON *ev = j ? cJSON_GetObjectItem(j, "traceEvents") : NULL;
+    int nf = 0, nb = 0, good = cJSON_IsArray(ev);
+    cJSON *e;
+    cJSON_ArrayForEach(e, ev) {
+        cJSON *ph = cJSON_GetObjectItem(e, "ph"), *cat = cJSON_GetObjectItem(e, "cat");
+        if (!cJSON_IsString(ph) || strcmp(ph->valuestring, "X")) continue;
+        cJSON *ts = cJSON_GetObjectItem(e, "ts"), *dur = cJSON_GetObjectItem(e, "dur");
+        if (!cJSON_IsNumber(ts) || !cJSON_IsNumber(dur) || ts->valuedouble < 0 || dur->valuedouble < 0) good = 0;
+        if (cJSON_IsString(cat) && !strcmp(cat->valuestring, "F")) nf++;
+        if (cJSON_IsString(cat) && (!strcmp(cat->valuestring, "B") || !strcmp(cat->valuestring, "I"))) nb++;
+    }
+    cJSON_Delete(j);
+    return good && nf == (STEPS + 1) * nloc * nmb && nb == STEPS * nloc * nmb;
+}
 
 static int layers_of(int L, int S, int s, int *first) {
     int base = L / S, extra = L % S;
@@ -133,7 +161,13 @@ static void run_case(const tcase *c) {
     MPI_Comm comm;
     MPI_Comm_split(MPI_COMM_WORLD, in ? 0 : MPI_UNDEFINED, world_rank, &comm);
     double worst_loss = 0, worst_param = 0, worst_grad = 0, bubble = 0, eval_err = 0;
-    int fail = 0, tied_same = 1;
+    int fail = 0, tied_same = 1, trace_ok = 1;
+    char tdir[64] = "", tpath[128] = "";
+    if (c->trace) {
+        if (world_rank == 0 && !mkdtemp(strcpy(tdir, "/tmp/test-pipeline-XXXXXX"))) tdir[0] = 0;
+        MPI_Bcast(tdir, sizeof tdir, MPI_CHAR, 0, MPI_COMM_WORLD);
+        snprintf(tpath, sizeof tpath, "%s/trace-rank%d.json", tdir, world_rank);
+    }
     char label[160];
     snprintf(label, sizeof label, "%s pp=%d dp=%d stages/rank=%d %s %d layers%s", c->sched, c->pp, c->dp, c->spr,
              c->tie ? "tied" : "untied", c->nlayers, c->in_schedule ? " scale_grads_in_schedule" : "");
@@ -175,7 +209,8 @@ static void run_case(const tcase *c) {
                                  .n_actions = ls->len[pp_rank],
                                  .scale_grads_in_schedule = c->in_schedule,
                                  .tie_word_embeddings = c->tie,
-                                 .dp_bucket_numel = 100 /* several buckets per stage */};
+                                 .dp_bucket_numel = 100 /* several buckets per stage */,
+                                 .trace_path = c->trace ? tpath : NULL};
         if (ap_executor_create(&ex, &ec, err, sizeof err)) {
             fail = 1;
             goto done;
@@ -268,7 +303,11 @@ static void run_case(const tcase *c) {
         ap_stage_destroy(ref);
         free(ref_g0);
     done:
-        ap_executor_destroy(ex);
+        ap_executor_destroy(ex); /* writes the trace */
+        if (c->trace && !fail) {
+            trace_ok = check_trace(tpath, nloc, nmb);
+            remove(tpath);
+        }
         for (int i = 0; i < nloc; i++) ap_stage_destroy(stages[i]);
         ap_schedule_free(cs);
         ap_schedule_free(ls);
@@ -277,13 +316,15 @@ static void run_case(const tcase *c) {
         if (fail && err[0]) fprintf(stderr, "rank %d: %s: %s\n", world_rank, label, err);
         MPI_Comm_free(&comm);
     }
-    double v[5] = {worst_loss, worst_param, eval_err, (double)(fail || !tied_same), worst_grad};
-    MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double v[6] = {worst_loss, worst_param, eval_err, (double)(fail || !tied_same), worst_grad, (double)!trace_ok};
+    MPI_Allreduce(MPI_IN_PLACE, v, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (c->trace && world_rank == 0 && tdir[0]) rmdir(tdir);
     MPI_Allreduce(MPI_IN_PLACE, &bubble, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (world_rank == 0) {
         ok(!v[3] && v[0] <= TOL && v[1] <= TOL && v[2] <= TOL && v[4] <= TOL,
            "%s: 3 steps match one process (loss/norm rel %.2g, grads rel %.2g, params rel %.2g, eval rel %.2g, "
            "max bubble %.2f)", label, v[0], v[4], v[1], v[2], bubble);
+        if (c->trace) ok(!v[5], "%s: every rank's Chrome trace parses and holds one event per executed action", label);
     }
 }
 
@@ -307,14 +348,15 @@ int main(int argc, char **argv) {
     for (size_t s = 0; s < sizeof scheds / sizeof *scheds; s++) {
         if (only && strcmp(only, scheds[s].name)) continue;
         for (size_t m = 0; m < 3; m++) {
-            tcase c = {scheds[s].name, mesh[m][0], mesh[m][1], scheds[s].spr, (int)((s + m) % 2), 11, 0, 1.0};
+            tcase c = {scheds[s].name, mesh[m][0], mesh[m][1], scheds[s].spr, (int)((s + m) % 2), 11, 0, 1.0, 0};
             run_case(&c);
             ncase++;
         }
     }
     if (!only) { /* the other tying for one schedule per kind, and the guide's alternative scaling */
-        tcase extra[] = {{"1f1b", 2, 2, 1, 1, 7, 0, 1.0},  {"zbv", 2, 2, 2, 0, 9, 0, 1.0},
-                         {"1f1b", 2, 2, 1, 0, 5, 1, 0.0},  {"interleaved_1f1b", 2, 2, 2, 1, 11, 1, 0.05}};
+        tcase extra[] = {{"1f1b", 2, 2, 1, 1, 7, 0, 1.0, 0},  {"zbv", 2, 2, 2, 0, 9, 0, 1.0, 0},
+                         {"1f1b", 2, 2, 1, 0, 5, 1, 0.0, 0},  {"interleaved_1f1b", 2, 2, 2, 1, 11, 1, 0.05, 0},
+                         {"interleaved_zb", 2, 2, 2, 1, 11, 0, 1.0, 1}};
         for (size_t i = 0; i < sizeof extra / sizeof *extra; i++) run_case(&extra[i]);
     }
     int rc = 0;
