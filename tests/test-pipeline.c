@@ -18,6 +18,7 @@
 
 #include "tests/tap.h"
 #include "tests/tiny_stage.h"
+#include "trainer/llama.h"
 #include "trainer/executor.h"
 #include "trainer/schedule/schedule.h"
 
@@ -81,7 +82,28 @@ typedef struct {
     int pp, dp, spr, tie, nlayers, in_schedule;
     double max_norm;
     int trace; /* write and check a Chrome trace per rank */
+    int llama; /* the Llama stage (trainer/llama.c) instead of the tiny model */
 } tcase;
+
+/* Stage `id` of S holding layers [first, last) of the case's model. */
+static int make_stage(const tcase *c, ap_stage **out, int id, int S, int first, int last, int B, int slots) {
+    if (!c->llama) return tiny_stage_create(out, id, S, first, last, V, C, B, T, c->tie, slots, SEED);
+    ap_model_config mc = {.model_type = AP_MODEL_LLAMA, .vocab_size = V, .hidden_size = 16,
+                          .intermediate_size = 24, .num_hidden_layers = c->nlayers, .num_attention_heads = 4,
+                          .num_key_value_heads = 2, .head_dim = 4, .max_position_embeddings = 64,
+                          .rms_norm_eps = 1e-5, .rope_theta = 10000, .rope_scaling = AP_ROPE_DEFAULT,
+                          .hidden_act = AP_ACT_SILU, .tie_word_embeddings = c->tie, .initializer_range = 0.2,
+                          .bos_token_id = -1, .eos_token_id = -1, .pad_token_id = -1};
+    char err[512];
+    if (ap_llama_stage_create(out, &mc, first, last, id == 0, id == S - 1, B, T, slots, 0, err, sizeof err)) {
+        fprintf(stderr, "llama stage: %s\n", err);
+        return -1;
+    }
+    (*out)->stage_id = id;
+    (*out)->num_stages = S;
+    ap_llama_init_params(*out, SEED);
+    return 0;
+}
 
 /* Rank's trace file: one X event per executed action (3 steps + 1 eval),
  * F count = 4 x local stages x microbatches, B+I count = 3 x that, ts/dur >= 0. */
@@ -120,7 +142,7 @@ static int reference(const tcase *c, int nmb, double *losses, double *norms, flo
     int G = c->dp * nmb * MBS; /* samples per step */
     int B = c->in_schedule ? MBS : G;
     ap_stage *st;
-    if (tiny_stage_create(&st, 0, 1, 0, c->nlayers, V, C, B, T, c->tie, 1, SEED)) return -1;
+    if (make_stage(c, &st, 0, 1, 0, c->nlayers, B, 1)) return -1;
     adamw o = {calloc(st->n_params, 4), calloc(st->n_params, 4), 0};
     int32_t *tok = malloc((size_t)G * T * 4), *lab = malloc((size_t)G * T * 4);
     for (int k = 0; k < STEPS; k++) {
@@ -169,8 +191,9 @@ static void run_case(const tcase *c) {
         snprintf(tpath, sizeof tpath, "%s/trace-rank%d.json", tdir, world_rank);
     }
     char label[160];
-    snprintf(label, sizeof label, "%s pp=%d dp=%d stages/rank=%d %s %d layers%s", c->sched, c->pp, c->dp, c->spr,
-             c->tie ? "tied" : "untied", c->nlayers, c->in_schedule ? " scale_grads_in_schedule" : "");
+    snprintf(label, sizeof label, "%s%s pp=%d dp=%d stages/rank=%d %s %d layers%s", c->llama ? "llama " : "",
+             c->sched, c->pp, c->dp, c->spr, c->tie ? "tied" : "untied", c->nlayers,
+             c->in_schedule ? " scale_grads_in_schedule" : "");
     if (in) {
         /* rank = pp_rank * dp + dp_rank (pp slowest) */
         int pp_rank = world_rank / c->dp, dp_rank = world_rank % c->dp;
@@ -191,8 +214,7 @@ static void run_case(const tcase *c) {
         for (int i = 0; i < nloc; i++) {
             int first, nl = layers_of(c->nlayers, ls->num_stages, ids[i], &first);
             int slots = ap_executor_peak_slots(ls->acts[pp_rank], ls->len[pp_rank], ids[i]);
-            if (tiny_stage_create(&stages[i], ids[i], ls->num_stages, first, first + nl, V, C, MBS, T, c->tie,
-                                  slots, SEED)) {
+            if (make_stage(c, &stages[i], ids[i], ls->num_stages, first, first + nl, MBS, slots)) {
                 snprintf(err, sizeof err, "stage create failed");
                 fail = 1;
                 goto done;
@@ -348,16 +370,23 @@ int main(int argc, char **argv) {
     for (size_t s = 0; s < sizeof scheds / sizeof *scheds; s++) {
         if (only && strcmp(only, scheds[s].name)) continue;
         for (size_t m = 0; m < 3; m++) {
-            tcase c = {scheds[s].name, mesh[m][0], mesh[m][1], scheds[s].spr, (int)((s + m) % 2), 11, 0, 1.0, 0};
+            tcase c = {scheds[s].name, mesh[m][0], mesh[m][1], scheds[s].spr, (int)((s + m) % 2), 11, 0, 1.0, 0, 0};
             run_case(&c);
             ncase++;
         }
     }
     if (!only) { /* the other tying for one schedule per kind, and the guide's alternative scaling */
-        tcase extra[] = {{"1f1b", 2, 2, 1, 1, 7, 0, 1.0, 0},  {"zbv", 2, 2, 2, 0, 9, 0, 1.0, 0},
-                         {"1f1b", 2, 2, 1, 0, 5, 1, 0.0, 0},  {"interleaved_1f1b", 2, 2, 2, 1, 11, 1, 0.05, 0},
-                         {"interleaved_zb", 2, 2, 2, 1, 11, 0, 1.0, 1}};
+        tcase extra[] = {{"1f1b", 2, 2, 1, 1, 7, 0, 1.0, 0, 0},  {"zbv", 2, 2, 2, 0, 9, 0, 1.0, 0, 0},
+                         {"1f1b", 2, 2, 1, 0, 5, 1, 0.0, 0, 0},  {"interleaved_1f1b", 2, 2, 2, 1, 11, 1, 0.05, 0, 0},
+                         {"interleaved_zb", 2, 2, 2, 1, 11, 0, 1.0, 1, 0}};
         for (size_t i = 0; i < sizeof extra / sizeof *extra; i++) run_case(&extra[i]);
+        /* The Llama stage: every schedule, tied embeddings, 5 layers (divides no stage count here) */
+        for (size_t s = 0; s < sizeof scheds / sizeof *scheds; s++) {
+            tcase c = {scheds[s].name, mesh[s % 3][0], mesh[s % 3][1], scheds[s].spr, 1, 5, 0, 1.0, 0, 1};
+            run_case(&c);
+        }
+        tcase untied = {"1f1b", 4, 1, 1, 0, 7, 0, 1.0, 0, 1};
+        run_case(&untied);
     }
     int rc = 0;
     if (!world_rank) rc = tap_done();
