@@ -3,6 +3,7 @@
 #include "config.h"
 #include "launcher/commands.h"
 #include "trainer/schedule/schedule.h"
+#include "trainer/data.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@ const ap_command ap_commands[] = {
     {"help", cmd_help, "show this help, or a subcommand's with `autopipe help CMD`"},
     {"version", cmd_version, "print the version"},
     {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
+    {"tokenize", ap_cmd_tokenize, "byte-tokenize a text file into a token shard (.bin)"},
     {NULL, NULL, NULL},
 };
 
