@@ -763,3 +763,13 @@ void ap_executor_scale_grads_by_divisor(ap_executor *ex, double divisor) {
         for (size_t i = 0; i < ex->ls[li].st->n_params; i++) g[i] *= f;
     }
 }
+
+double ap_executor_tied_copy_sumsq(const ap_executor *ex) {
+    double acc = 0;
+    for (int li = 0; li < ex->n_local; li++) {
+        const lstage *l = &ex->ls[li];
+        if (!l->n_tied_skip || !l->tied) continue;
+        for (size_t i = 0; i < l->tied->numel; i++) acc += (double)l->tied->grad[i] * l->tied->grad[i];
+    }
+    return acc;
+}

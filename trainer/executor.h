@@ -113,6 +113,11 @@ int ap_executor_eval(ap_executor *ex, const int32_t *tokens, const int32_t *labe
  * Identical on every rank. Returns the norm before clipping. */
 double ap_executor_clip_grad_norm(ap_executor *ex, double max_norm, double norm_type);
 
+/* Sum of squares of this rank's tied-embedding copy on the last stage (0
+ * when this rank holds none, or the first and last stage are one stage):
+ * what a norm over every local gradient counts twice. */
+double ap_executor_tied_copy_sumsq(const ap_executor *ex);
+
 /* Multiplies every local gradient by 1/divisor (AutoPipeline's scale_grads_by_divisor). */
 void ap_executor_scale_grads_by_divisor(ap_executor *ex, double divisor);
 
