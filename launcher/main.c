@@ -4,6 +4,8 @@
 #include "launcher/commands.h"
 #include "trainer/schedule/schedule.h"
 #include "trainer/data.h"
+#include "launcher/config.h"
+#include "trainer/plan.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -18,6 +20,8 @@ const ap_command ap_commands[] = {
     {"version", cmd_version, "print the version"},
     {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
     {"tokenize", ap_cmd_tokenize, "byte-tokenize a text file into a token shard (.bin)"},
+    {"plan", ap_cmd_plan, "show the mesh, stage placement and per-stage modules of a config (no MPI)"},
+    {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
     {NULL, NULL, NULL},
 };
 
