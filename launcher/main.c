@@ -6,6 +6,7 @@
 #include "trainer/data.h"
 #include "launcher/config.h"
 #include "trainer/plan.h"
+#include "launcher/mesh.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ const ap_command ap_commands[] = {
     {"tokenize", ap_cmd_tokenize, "byte-tokenize a text file into a token shard (.bin)"},
     {"plan", ap_cmd_plan, "show the mesh, stage placement and per-stage modules of a config (no MPI)"},
     {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
+    {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
     {NULL, NULL, NULL},
 };
 
