@@ -14,6 +14,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: autopipe schedule --schedule NAME --pp N --microbatches M [--stages-per-rank V]\n"
             "                         [--csv FILE] [--costs F=1,B=2,I=1,W=1,comm=0] [--grid] [--lowered]\n"
+            "                         [--forward-only]\n"
             "                         [-o out.png|out.svg|out.csv]\n\n"
             "Generate a pipeline schedule, prove it complete and deadlock-free, simulate it and print\n"
             "the per-rank timeline with bubble and activation-memory figures.\n\n"
@@ -27,6 +28,7 @@ static void usage(FILE *f) {
             "  -C, --costs LIST          action costs, default F=1,B=2,I=1,W=1,comm=0\n"
             "  -g, --grid                also print the step grid (steps down, ranks across)\n"
             "  -l, --lowered             grid and CSV with SEND/RECV actions (compute_comms)\n"
+            "  -f, --forward-only        only the forwards, as the validation pass runs them\n"
             "  -o, --output FILE         write a picture (.png, .svg) or the schedule (.csv)\n"
             "Exit status: 0 ok, 1 runtime failure, 2 usage or impossible settings.\n");
 }
@@ -53,16 +55,17 @@ int ap_cmd_schedule(int argc, char **argv) {
         {"costs", required_argument, NULL, 'C'},
         {"grid", no_argument, NULL, 'g'},
         {"lowered", no_argument, NULL, 'l'},
+        {"forward-only", no_argument, NULL, 'f'},
         {"output", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *name = NULL, *csv = NULL, *costs_s = NULL, *outp = NULL;
-    int pp = 0, mb = 0, v = 0, grid = 0, lowered_out = 0, c;
+    int pp = 0, mb = 0, v = 0, grid = 0, lowered_out = 0, fwd_only = 0, c;
     char err[65536];
     ap_sched_costs costs;
     ap_sched_costs_default(&costs);
-    while ((c = getopt_long(argc, argv, "s:p:m:v:c:C:glo:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:p:m:v:c:C:glfo:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': name = optarg; break;
         case 'p':
@@ -78,6 +81,7 @@ int ap_cmd_schedule(int argc, char **argv) {
         case 'C': costs_s = optarg; break;
         case 'g': grid = 1; break;
         case 'l': lowered_out = 1; break;
+        case 'f': fwd_only = 1; break;
         case 'o': outp = optarg; break;
         case 'h': usage(stdout); return AP_EXIT_OK;
         default: usage(stderr); return AP_EXIT_USAGE;
@@ -103,9 +107,22 @@ int ap_cmd_schedule(int argc, char **argv) {
     ap_schedule *s = NULL, *low = NULL;
     ap_sched_sim sim = {0};
     int rv = AP_EXIT_USAGE;
-    if (ap_schedule_generate(&s, name, csv, pp, v, mb, err, sizeof err)) {
+    /* a forward-only CSV is shown as such; the generator only takes training schedules */
+    int gen_rc = csv && fwd_only ? ap_schedule_load_csv(&s, csv, pp, mb, err, sizeof err) ||
+                                       ap_schedule_validate(s, err, sizeof err)
+                                 : ap_schedule_generate(&s, name, csv, pp, v, mb, err, sizeof err);
+    if (gen_rc) {
         fprintf(stderr, "autopipe schedule: %s\n", err);
         goto out;
+    }
+    if (fwd_only && !s->forward_only) {
+        ap_schedule *f;
+        if (ap_schedule_forward_only(&f, s, err, sizeof err)) {
+            fprintf(stderr, "autopipe schedule: %s\n", err);
+            goto out;
+        }
+        ap_schedule_free(s);
+        s = f;
     }
     if (ap_schedule_lower(s, &low, err, sizeof err) || ap_schedule_validate(low, err, sizeof err)) {
         fprintf(stderr, "autopipe schedule: lowered schedule invalid: %s\n", err);

@@ -130,9 +130,8 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
         if (line_blank && row->n == 1) row->n = 0; /* an empty line is a rank with no actions */
         nrows++;
     }
-    /* trailing empty rows beyond pp carry nothing */
-    if (pp > 0)
-        while (nrows > pp && rows[nrows - 1].n == 0) nrows--;
+    /* trailing empty lines beyond pp (or all of them when pp is inferred) carry nothing */
+    while (nrows > (pp > 0 ? pp : 1) && rows[nrows - 1].n == 0) nrows--;
     if (nrows == 0) {
         seterr(err, errlen, "%s: no rows; expected one row of actions per pp rank", name);
         goto fail;
@@ -145,7 +144,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     pp = nrows;
 
     /* shape: stages, microbatches, lowered */
-    int max_stage = -1, max_mb = -1, lowered = 0;
+    int max_stage = -1, max_mb = -1, lowered = 0, backward = 0;
     for (int r = 0; r < nrows; r++)
         for (int c = 0; c < rows[r].n; c++) {
             ap_action a = rows[r].a[c];
@@ -153,6 +152,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
             if (a.stage > max_stage) max_stage = a.stage;
             if (a.mb > max_mb) max_mb = a.mb;
             if (!ap_act_is_compute(a.type)) lowered = 1;
+            if (a.type == AP_ACT_B || a.type == AP_ACT_I || a.type == AP_ACT_W) backward = 1;
             if (microbatches > 0 && a.mb >= microbatches) {
                 seterr(err, errlen, "%s:%d:%d: microbatch %d, but there are %d microbatches (0..%d)",
                        name, r + 1, c + 1, a.mb, microbatches, microbatches - 1);
@@ -165,8 +165,9 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     }
     int num_stages = max_stage + 1;
     if (microbatches <= 0) microbatches = max_mb + 1;
-    if (num_stages > 1000000 / pp) {
-        seterr(err, errlen, "%s: stage %d is implausibly large", name, max_stage);
+    if ((double)num_stages * microbatches > AP_SCHED_MAX_CELLS) {
+        seterr(err, errlen, "%s: %d stages x %d microbatches is beyond the supported %d", name,
+               num_stages, microbatches, AP_SCHED_MAX_CELLS);
         goto fail;
     }
 
@@ -217,6 +218,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     s = ap_schedule_new(pp, num_stages, microbatches, style, AP_SCHED_CSV);
     if (!s) goto oom;
     s->lowered = lowered;
+    s->forward_only = !backward; /* no backward anywhere: a forward-only (validation) schedule */
     memcpy(s->stage_to_rank, owner, (size_t)num_stages * sizeof(int));
     for (int r = 0; r < pp; r++)
         for (int c = 0; c < rows[r].n; c++)

@@ -240,6 +240,32 @@ static void gen_zbv(gen_t *g) {
     }
 }
 
+int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *err, size_t errlen) {
+    *out = NULL;
+    ap_schedule *s = ap_schedule_new(train->pp, train->num_stages, train->microbatches, train->style,
+                                     train->kind);
+    if (!s) {
+        seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    s->stages_per_rank = train->stages_per_rank;
+    s->forward_only = 1;
+    memcpy(s->stage_to_rank, train->stage_to_rank, (size_t)train->num_stages * sizeof(int));
+    for (int r = 0; r < train->pp; r++)
+        for (int i = 0; i < train->len[r]; i++)
+            if (train->acts[r][i].type == AP_ACT_F && ap_schedule_push(s, r, train->acts[r][i])) {
+                seterr(err, errlen, "out of memory");
+                ap_schedule_free(s);
+                return -1;
+            }
+    if (ap_schedule_validate(s, err, errlen)) {
+        ap_schedule_free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
 int ap_schedule_check_batch(int batch_size, int microbatch_size, int *n_microbatches, char *err,
                             size_t errlen) {
     if (batch_size < 1) {
@@ -288,6 +314,12 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
             ap_schedule_free(s);
             return -1;
         }
+        if (s->forward_only) {
+            seterr(err, errlen, "%s: no B, I or W actions: a forward-only schedule cannot train; "
+                   "pp_schedule_csv expects a training schedule", csv_path);
+            ap_schedule_free(s);
+            return -1;
+        }
         if (ap_schedule_validate(s, err, errlen)) {
             ap_schedule_free(s);
             return -1;
@@ -318,10 +350,11 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
                stages_per_rank);
         return -1;
     }
-    if (stages_per_rank > 64 || pp > 4096 || microbatches > 100000) {
+    if (stages_per_rank > 64 || pp > 4096 || microbatches > 100000 ||
+        (double)pp * stages_per_rank * microbatches > AP_SCHED_MAX_CELLS) {
         seterr(err, errlen, "%s: pp %d x %d stages per rank x %d microbatches is beyond the supported "
-               "range (pp <= 4096, stages per rank <= 64, microbatches <= 100000)",
-               kn, pp, stages_per_rank, microbatches);
+               "range (pp <= 4096, stages per rank <= 64, microbatches <= 100000, stages x microbatches <= %d)",
+               kn, pp, stages_per_rank, microbatches, AP_SCHED_MAX_CELLS);
         return -1;
     }
     if (kind == AP_SCHED_1F1B && microbatches < pp) {

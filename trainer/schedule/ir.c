@@ -71,6 +71,7 @@ ap_schedule *ap_schedule_clone(const ap_schedule *s) {
     if (!c) return NULL;
     c->stages_per_rank = s->stages_per_rank;
     c->lowered = s->lowered;
+    c->forward_only = s->forward_only;
     memcpy(c->stage_to_rank, s->stage_to_rank, (size_t)s->num_stages * sizeof(int));
     for (int r = 0; r < s->pp; r++)
         for (int i = 0; i < s->len[r]; i++)
@@ -89,7 +90,7 @@ static int trimmed_len(const ap_schedule *s, int r) {
 
 int ap_schedule_equal(const ap_schedule *a, const ap_schedule *b) {
     if (a->pp != b->pp || a->num_stages != b->num_stages || a->microbatches != b->microbatches ||
-        a->lowered != b->lowered)
+        a->lowered != b->lowered || a->forward_only != b->forward_only)
         return 0;
     for (int st = 0; st < a->num_stages; st++)
         if (a->stage_to_rank[st] != b->stage_to_rank[st]) return 0;
@@ -295,7 +296,7 @@ size_t ap_schedule_format_grid(const ap_schedule *s, int bad_rank, int bad_step,
     for (int r = 0; r < s->pp; r++) {
         char h[32];
         snprintf(h, sizeof h, "Rank %d", r);
-        sb_printf(&b, "%-*s%s", w[r], h, r + 1 < s->pp ? " " : "\n");
+        sb_printf(&b, "%-*s%s", r + 1 < s->pp ? w[r] : 0, h, r + 1 < s->pp ? " " : "\n");
     }
     for (int i = 0; i < steps; i++) {
         sb_printf(&b, "Step %0*d: ", sw, i);
@@ -306,7 +307,8 @@ size_t ap_schedule_format_grid(const ap_schedule *s, int bad_rank, int bad_step,
                 snprintf(m, sizeof m, ">>%s<<", c[0] ? c : "  ");
             else
                 snprintf(m, sizeof m, "%s", c);
-            sb_printf(&b, "%-*s%s", w[r], m, r + 1 < s->pp ? " " : "");
+            int last = r + 1 == s->pp && !(bad_rank >= 0 && i == bad_step);
+            sb_printf(&b, "%-*s%s", last ? 0 : w[r], m, r + 1 < s->pp ? " " : "");
         }
         sb_printf(&b, "%s\n", bad_rank >= 0 && i == bad_step ? " <-- ERROR HERE" : "");
     }

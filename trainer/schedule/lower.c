@@ -21,12 +21,19 @@ int ap_schedule_lower(const ap_schedule *in, ap_schedule **out, char *err, size_
         return *out ? 0 : -1;
     }
     int p = in->pp, ns = in->num_stages, m = in->microbatches, rv = -1;
+    if ((double)ns * m > AP_SCHED_MAX_CELLS) {
+        if (err && errlen)
+            snprintf(err, errlen, "%d stages x %d microbatches is beyond the supported %d", ns, m,
+                     AP_SCHED_MAX_CELLS);
+        return -1;
+    }
     size_t nkey = (size_t)ns * (size_t)m * AP_ACT_NTYPES;
     ap_schedule *s = ap_schedule_new(p, ns, m, in->style, in->kind);
     char *placed = calloc(nkey, 1);
     int *pc = calloc((size_t)p, sizeof(int));
     if (!s || !placed || !pc) goto oom;
     s->lowered = 1;
+    s->forward_only = in->forward_only;
     s->stages_per_rank = in->stages_per_rank;
     memcpy(s->stage_to_rank, in->stage_to_rank, (size_t)ns * sizeof(int));
 #define KEY(st, mb, ty) (((size_t)(st) * (size_t)m + (size_t)(mb)) * AP_ACT_NTYPES + (size_t)(ty))

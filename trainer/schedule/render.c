@@ -35,10 +35,10 @@ void ap_schedule_render_text(const ap_schedule *s, const ap_sched_sim *r, FILE *
     int cols = (int)ceil(r->makespan / unit - 1e-9);
     char *line = malloc((size_t)cols * (size_t)w + 1);
     if (!line) return;
-    fprintf(f, "schedule %s: pp %d, %d stages (%d per rank, %s placement), %d microbatches%s\n",
+    fprintf(f, "schedule %s: pp %d, %d stages (%d per rank, %s placement), %d microbatches%s%s\n",
             ap_schedule_kind_name(s->kind), s->pp, s->num_stages, s->stages_per_rank,
             s->style == AP_STYLE_V ? "v" : s->style == AP_STYLE_LOOP ? "loop" : "custom", s->microbatches,
-            s->lowered ? " (with send/recv)" : "");
+            s->lowered ? " (with send/recv)" : "", s->forward_only ? ", forward only" : "");
     fprintf(f, "one column = %g time units; '.' = idle\n", unit);
     for (int rk = 0; rk < s->pp; rk++) {
         memset(line, '.', (size_t)cols * (size_t)w);
@@ -103,10 +103,10 @@ static void draw(cairo_t *cr, const ap_schedule *s, const ap_sched_sim *r, doubl
         cairo_set_source_rgb(cr, 0, 0, 0);
         cairo_move_to(cr, lx + 18, 44);
         cairo_show_text(cr, names[k]);
-        lx += 120;
+        lx += 135;
     }
     cairo_set_source_rgb(cr, 0.45, 0.45, 0.45);
-    cairo_move_to(cr, lx, 44);
+    cairo_move_to(cr, lx + 10, 44);
     cairo_show_text(cr, s->stages_per_rank > 1 ? "grey = idle; label stage:microbatch, lighter = later stage"
                                                : "grey = idle; label = microbatch");
     double plot_w = r->makespan * scale;

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "launcher/topology.h"
+
 typedef enum {
     AP_ACT_NONE = 0, /* idle cell */
     AP_ACT_F,        /* forward */
@@ -35,7 +37,14 @@ typedef struct {
     int mb;    /* microbatch index */
 } ap_action;
 
-typedef enum { AP_STYLE_LOOP = 0, AP_STYLE_V = 1, AP_STYLE_CUSTOM = 2 } ap_sched_style;
+/* Largest stages x microbatches accepted anywhere (keeps per-(stage, mb)
+ * tables of the validator and simulator under ~100 MB). */
+#define AP_SCHED_MAX_CELLS 1000000
+
+/* AP_STYLE_LOOP and AP_STYLE_V are launcher/topology.h's enum ap_stage_style
+ * (one definition, so both headers can be included together). */
+enum { AP_STYLE_CUSTOM = 2 };
+typedef int ap_sched_style;
 
 typedef enum {
     AP_SCHED_GPIPE = 0,
@@ -56,6 +65,7 @@ typedef struct {
     int style;   /* ap_sched_style: stage placement */
     int kind;    /* ap_sched_kind it came from */
     int lowered; /* 1: contains SEND/RECV (compute_comms form) */
+    int forward_only; /* 1: F only (validation pass), no backward expected */
     int *stage_to_rank; /* (num_stages) */
     int *len, *cap;     /* (pp) actions per rank */
     ap_action **acts;   /* (pp) -> (len[r]) */
@@ -118,6 +128,10 @@ int ap_schedule_generate(ap_schedule **out, const char *name_or_NULL, const char
  * *n_microbatches = batch_size / microbatch_size when it divides. */
 int ap_schedule_check_batch(int batch_size, int microbatch_size, int *n_microbatches, char *err,
                             size_t errlen);
+
+/* The forward actions of a training schedule, in its order, for a
+ * forward-only (validation) pass; sets forward_only. Validated. */
+int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *err, size_t errlen);
 
 /* ---- lowering (lower.c) ----
  * Adds SEND_F/RECV_F after each F and SEND_B/RECV_B after each B/I whose

@@ -91,6 +91,11 @@ int ap_schedule_simulate(const ap_schedule *s, const ap_sched_costs *c, ap_sched
     double *tfree = calloc((size_t)p, sizeof(double));
     int *live = calloc((size_t)p, sizeof(int));
     int *live_st = calloc((size_t)ns, sizeof(int));
+    if ((double)ns * m > AP_SCHED_MAX_CELLS) {
+        snprintf(err, errlen, "%d stages x %d microbatches is beyond the supported %d", ns, m,
+                 AP_SCHED_MAX_CELLS);
+        return -1;
+    }
     int total = 0;
     for (int r = 0; r < p; r++) total += s->len[r];
     out->pp = p;
@@ -142,6 +147,7 @@ int ap_schedule_simulate(const ap_schedule *s, const ap_sched_costs *c, ap_sched
                 if (start + d > out->makespan) out->makespan = start + d;
                 /* an activation lives from its F until B, or W for split backwards */
                 int delta = a.type == AP_ACT_F ? 1 : (a.type == AP_ACT_B || a.type == AP_ACT_W) ? -1 : 0;
+                if (s->forward_only) delta = 0; /* no-grad forwards keep nothing */
                 live[r] += delta;
                 live_st[st] += delta;
                 if (live[r] > out->peak_live[r]) out->peak_live[r] = live[r];

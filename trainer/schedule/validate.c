@@ -58,8 +58,9 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
     if (p < 1 || ns < 1 || m < 1)
         return fail_at(&v, -1, -1, "schedule has pp %d, %d stages, %d microbatches; expected positive",
                        p, ns, m);
-    if ((double)ns * m > 2e7)
-        return fail_at(&v, -1, -1, "%d stages x %d microbatches is too large to validate", ns, m);
+    if ((double)ns * m > AP_SCHED_MAX_CELLS)
+        return fail_at(&v, -1, -1, "%d stages x %d microbatches is beyond the supported %d", ns, m,
+                       AP_SCHED_MAX_CELLS);
     for (int st = 0; st < ns; st++)
         if (s->stage_to_rank[st] < 0 || s->stage_to_rank[st] >= p)
             return fail_at(&v, -1, -1, "stage %d is placed on rank %d; expected 0..%d", st,
@@ -101,6 +102,11 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
             if (s->stage_to_rank[a.stage] != r) {
                 fail_at(&v, r, i, "rank %d step %d: %s is for stage %d, which lives on rank %d", r, i, c,
                         a.stage, s->stage_to_rank[a.stage]);
+                goto out;
+            }
+            if (s->forward_only && (a.type == AP_ACT_B || a.type == AP_ACT_I || a.type == AP_ACT_W ||
+                                    a.type == AP_ACT_SEND_B || a.type == AP_ACT_RECV_B)) {
+                fail_at(&v, r, i, "rank %d step %d: %s in a forward-only schedule", r, i, c);
                 goto out;
             }
             if (!s->lowered && !ap_act_is_compute(a.type)) {
@@ -184,7 +190,7 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
                 fail_at(&v, -1, -1, "stage %d (rank %d) never runs forward %dF%d", st, rk, st, mb);
                 goto out;
             }
-            if (!nb && !ni) {
+            if (!s->forward_only && !nb && !ni) {
                 fail_at(&v, -1, -1, "stage %d (rank %d) never runs a backward for microbatch %d "
                         "(expected %dB%d, or %dI%d and %dW%d)", st, rk, mb, st, mb, st, mb, st, mb);
                 goto out;
@@ -197,7 +203,7 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
             }
             if (!s->lowered) continue;
             /* forward edge st -> st+1 and backward edge st -> st-1 across ranks */
-            for (int dir = 0; dir < 2; dir++) {
+            for (int dir = 0; dir < (s->forward_only ? 1 : 2); dir++) {
                 int peer = dir == 0 ? st + 1 : st - 1;
                 if (peer < 0 || peer >= ns || !cross_rank(s, st, peer)) continue;
                 int send = dir == 0 ? AP_ACT_SEND_F : AP_ACT_SEND_B;
