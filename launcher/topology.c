@@ -67,6 +67,10 @@ int stage_ids_this_rank(int pp_rank, int pp_size, int num_stages, enum ap_stage_
         snprintf(err, errlen, "%d stages per rank exceed the room for %zu", per_rank, cap);
         return -1;
     }
+    if (style != AP_STYLE_LOOP && style != AP_STYLE_V) {
+        snprintf(err, errlen, "unknown stage placement style %d (expected loop or v)", (int)style);
+        return -1;
+    }
     if (style == AP_STYLE_V) {
         if (per_rank != 2) {
             snprintf(err, errlen,

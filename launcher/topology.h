@@ -39,7 +39,8 @@ int ap_mesh_group(const ap_mesh *m, enum ap_axis a, int rank, int *out, size_t c
 
 /* ---- AutoPipeline's functional API (same names and semantics) ---- */
 
-enum ap_stage_style { AP_STYLE_LOOP = 0, AP_STYLE_V = 1 };
+/* CUSTOM: placement given by a schedule CSV file (stage_ids_this_rank rejects it). */
+enum ap_stage_style { AP_STYLE_LOOP = 0, AP_STYLE_V = 1, AP_STYLE_CUSTOM = 2 };
 
 /* Stage ids held by pp_rank: loop gives r, r+p, r+2p, ...; v gives
  * (r, 2p-1-r) and requires num_stages == 2 * pp_size. Writes at most cap ids;

@@ -13,10 +13,9 @@
 #ifndef AP_SCHEDULE_H
 #define AP_SCHEDULE_H
 
+#include "launcher/topology.h"
 #include <stddef.h>
 #include <stdio.h>
-
-#include "launcher/topology.h"
 
 typedef enum {
     AP_ACT_NONE = 0, /* idle cell */
@@ -41,10 +40,7 @@ typedef struct {
  * tables of the validator and simulator under ~100 MB). */
 #define AP_SCHED_MAX_CELLS 1000000
 
-/* AP_STYLE_LOOP and AP_STYLE_V are launcher/topology.h's enum ap_stage_style
- * (one definition, so both headers can be included together). */
-enum { AP_STYLE_CUSTOM = 2 };
-typedef int ap_sched_style;
+typedef enum ap_stage_style ap_sched_style; /* launcher/topology.h */
 
 typedef enum {
     AP_SCHED_GPIPE = 0,
