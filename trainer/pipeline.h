@@ -17,6 +17,7 @@
 #include <mpi.h>
 
 #include "trainer/executor.h"
+#include "trainer/model_config.h"
 #include "trainer/train.h"
 
 typedef struct {
@@ -36,5 +37,35 @@ void ap_pipeline_engine_init(ap_pipeline_engine *pe, ap_executor *ex, ap_stage *
 /* Largest bubble fraction (time blocked on receives / step time) of the
  * last step over all ranks; collective over `all`. */
 double ap_pipeline_engine_bubble(ap_pipeline_engine *pe);
+
+/* ---- `autopipe train` on several processes ---- */
+struct ap_config;
+typedef struct ap_pipeline ap_pipeline;
+
+/* 1 when the run needs the pipeline: pp/dp/tp sizes above 1 in the config,
+ * the Slurm plugin's AUTOPIPE_* topology, or an MPI launcher that started
+ * more than one process. */
+int ap_pipeline_wanted(const struct ap_config *cfg);
+
+/* Collective over MPI_COMM_WORLD (initialises MPI): the mesh with one
+ * communicator per axis, the split, the schedule (generated, lowered and
+ * validated, or read from autopipeline.pp_schedule_csv), this rank's Llama
+ * stages with parameters from rng.seed (or from pretrained_dir when not
+ * NULL), the executor and its step engine. Rank 0 prints the plan. Returns 0,
+ * or -1 with the message in err; *usage is set for configuration errors. */
+int ap_pipeline_create(ap_pipeline **out, const struct ap_config *cfg, const ap_model_config *mc,
+                       const char *pretrained_dir, int *usage, char *err, size_t errlen);
+
+/* The engine for ap_train_loop, and the loop options this rank needs:
+ * dp_rank, dp_size, is_log_rank (world rank 0). */
+ap_step_engine *ap_pipeline_get_engine(ap_pipeline *p);
+void ap_pipeline_set_opts(const ap_pipeline *p, ap_train_opts *o);
+/* Parameters of the whole model (a tied copy counted once). */
+size_t ap_pipeline_param_count(const ap_pipeline *p);
+/* The message of the last failed stage call on this rank ("" if none). */
+const char *ap_pipeline_stage_error(const ap_pipeline *p);
+
+/* Writes the trace (logging.trace_dir), frees everything, MPI_Finalize. */
+void ap_pipeline_destroy(ap_pipeline *p);
 
 #endif
