@@ -104,7 +104,7 @@ struct ap_pipeline {
 };
 
 int ap_pipeline_wanted(const ap_config *cfg) {
-    if (cfg->distributed.pp_size * cfg->distributed.dp_size * cfg->distributed.tp_size != 1) return 1;
+    (void)cfg;
     static const char *vars[] = {"AUTOPIPE_PP_SIZE", "AUTOPIPE_DP_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
                                  "PMIX_SIZE"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {

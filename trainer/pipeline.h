@@ -42,9 +42,9 @@ double ap_pipeline_engine_bubble(ap_pipeline_engine *pe);
 struct ap_config;
 typedef struct ap_pipeline ap_pipeline;
 
-/* 1 when the run needs the pipeline: pp/dp/tp sizes above 1 in the config,
- * the Slurm plugin's AUTOPIPE_* topology, or an MPI launcher that started
- * more than one process. */
+/* 1 when this process is one of several: the Slurm plugin's AUTOPIPE_*
+ * topology or an MPI launcher (mpirun, srun --mpi=pmix) started more than
+ * one. (One process with pp/dp sizes above 1 is the caller's usage error.) */
 int ap_pipeline_wanted(const struct ap_config *cfg);
 
 /* Collective over MPI_COMM_WORLD (initialises MPI): the mesh with one

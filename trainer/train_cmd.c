@@ -104,6 +104,14 @@ static double now_s(void) {
 
 int ap_train_main(const ap_config *cfg) {
     char err[1024];
+    if (!ap_pipeline_wanted(cfg) &&
+        cfg->distributed.pp_size * cfg->distributed.dp_size * cfg->distributed.tp_size != 1) {
+        fprintf(stderr, "autopipe train: distributed.pp_size %d x dp_size %d x tp_size %d needs that many processes "
+                        "(mpirun/srun); to train on this one process add --distributed.pp_size 1 "
+                        "--distributed.dp_size 1 --distributed.tp_size 1\n",
+                cfg->distributed.pp_size, cfg->distributed.dp_size, cfg->distributed.tp_size);
+        return AP_EXIT_USAGE;
+    }
     int threads = pick_threads(cfg->runtime.num_threads);
     ap_kernels_set_threads(threads);
     ap_model_config mc;
@@ -207,8 +215,15 @@ static void train_usage(FILE *f) {
     ap_config_emit_help(f);
 }
 
+/* model.pretrained_model_name_or_path: an HF directory (or a checkpoint
+ * when the checkpoint part installed its reader). */
+static int read_pretrained(const char *dir, ap_model_config *mc, char *err, size_t errlen) {
+    return ap_model_dir_config(dir, mc, err, errlen);
+}
+
 int ap_cmd_train(int argc, char **argv) {
     static const ap_cli_flag flags[] = {{"help", 0}, {"h", 0}, {NULL, 0}};
+    ap_config_set_pretrained_reader(read_pretrained);
     char err[1024];
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     int nrest = 0;
