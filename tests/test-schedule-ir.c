@@ -84,6 +84,21 @@ static void test_placement(void) {
     ok(v_ok, "v placement: 0 1 2 3 3 2 1 0");
     ok(ap_stage_to_rank(2, 6, AP_STYLE_V, 4) == 0 && ap_stage_to_rank(2, 6, AP_STYLE_V, 5) == 1,
        "v placement turns again on the third round");
+    /* the same placement as the launcher's stage_ids_this_rank (topology.h) */
+    int same = 1;
+    for (int pp = 1; pp <= 8; pp++)
+        for (int v = 1; v <= 4; v++)
+            for (int sty = AP_STYLE_LOOP; sty <= AP_STYLE_V; sty++) {
+                if (sty == AP_STYLE_V && v != 2) continue;
+                for (int r = 0; r < pp; r++) {
+                    int ids[8];
+                    char e[256];
+                    int n = stage_ids_this_rank(r, pp, pp * v, (enum ap_stage_style)sty, ids, 8, e, sizeof e);
+                    same &= n == v;
+                    for (int k = 0; k < n; k++) same &= ap_stage_to_rank(pp, pp * v, sty, ids[k]) == r;
+                }
+            }
+    ok(same, "placement agrees with topology.h's stage_ids_this_rank (loop, v)");
 }
 
 static char *path_in(const char *dir, const char *name) {
