@@ -124,6 +124,12 @@ int ap_ckpt_load(const char *path, const char *config_json, ap_ckpt_state *st, a
  * (resume: auto), 0 if none, negative on error. */
 int ap_ckpt_find_latest(const char *checkpoint_dir, char *path, size_t pathlen, char *err, size_t errlen);
 
+/* For `autopipe eval/generate --model DIR`: 1 if path is (or holds) a
+ * committed checkpoint; the config.json text it recorded (malloc'd; NULL
+ * with err set when there is none). */
+int ap_ckpt_is_checkpoint(const char *path);
+char *ap_ckpt_read_config_json(const char *path, char *err, size_t errlen);
+
 /* ---- read-only views for tools (autopipe ckpt) ---- */
 typedef struct {
     const char *name;

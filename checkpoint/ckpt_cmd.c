@@ -13,12 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 /* Messages may be cut at their buffer size; that is fine for a report. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
-int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, cJSON *report, char *err, size_t errlen);
+int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, int bf16, cJSON *report, char *err,
+                   size_t errlen);
 
 static const char usage_text[] =
     "usage: autopipe ckpt COMMAND [options] DIR\n\n"
@@ -27,8 +29,9 @@ static const char usage_text[] =
     "  ls DIR [--stage N] [--stats]   every tensor: shape, dtype, file (--stats: min max mean L2)\n"
     "  verify DIR                     marker, manifest, each layer once, every checksum read back\n"
     "  diff A B [--rtol X]            per-tensor max abs/rel difference of params and moments\n"
-    "  export DIR --to OUT [--max-shard-size SIZE]\n"
-    "                                 Hugging Face model directory (config.json + safetensors)\n\n"
+    "  export DIR --to OUT [--max-shard-size SIZE] [--dtype float32|bfloat16]\n"
+    "                                 Hugging Face model directory (config.json + safetensors,\n"
+    "                                 sharded with an index above SIZE, default 5GB)\n\n"
     "Options: --json (machine-readable output), --help.\n"
     "Exit status: 0 ok / match, 1 damaged, different or failed, 2 usage error.\n";
 
@@ -461,8 +464,9 @@ int ap_cmd_ckpt(int argc, char **argv) {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},     {"stats", no_argument, NULL, 's'},
                                          {"stage", required_argument, NULL, 'S'}, {"rtol", required_argument, NULL, 'r'},
                                          {"to", required_argument, NULL, 't'},    {"max-shard-size", required_argument, NULL, 'm'},
-                                         {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
-    int json = 0, stats = 0, stage = -1, c;
+                                         {"help", no_argument, NULL, 'h'},        {"dtype", required_argument, NULL, 'd'},
+                                         {NULL, 0, NULL, 0}};
+    int json = 0, stats = 0, stage = -1, bf16 = 0, c;
     double rtol = 0;
     const char *to = NULL;
     uint64_t max_shard = 5000000000ull; /* transformers' default shard size */
@@ -483,6 +487,11 @@ int ap_cmd_ckpt(int argc, char **argv) {
         case 't': to = optarg; break;
         case 'm':
             if (parse_size(optarg, &max_shard)) return usage_err("--max-shard-size wants a size like 5GB or 500MiB, got '%s'", optarg);
+            break;
+        case 'd':
+            if (!strcasecmp(optarg, "bf16") || !strcasecmp(optarg, "bfloat16")) bf16 = 1;
+            else if (!strcasecmp(optarg, "f32") || !strcasecmp(optarg, "float32")) bf16 = 0;
+            else return usage_err("--dtype wants float32 or bfloat16, got '%s'", optarg);
             break;
         case 'h': fputs(usage_text, stdout); return AP_EXIT_OK;
         default: return usage_err("unknown option '%s'", argv[optind - 1]);
@@ -508,7 +517,7 @@ int ap_cmd_ckpt(int argc, char **argv) {
     else {
         char err[1024];
         cJSON *rep = cJSON_CreateObject();
-        rc = ap_ckpt_export(a, to, max_shard, rep, err, sizeof err) ? AP_EXIT_FAIL : AP_EXIT_OK;
+        rc = ap_ckpt_export(a, to, max_shard, bf16, rep, err, sizeof err) ? AP_EXIT_FAIL : AP_EXIT_OK;
         if (rc) fprintf(stderr, "autopipe ckpt: %s\n", err);
         else if (json) print_json(rep);
         else {

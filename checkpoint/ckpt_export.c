@@ -1,13 +1,11 @@
 /* ckpt_export.c - a checkpoint's parameters as a Hugging Face model
  * directory: config.json + model.safetensors, or above max_shard bytes
  * model-0000i-of-0000n.safetensors + model.safetensors.index.json, the way
- * transformers' save_pretrained lays them out. Moments are not exported.
- *
- * safetensors: u64 little-endian header length, a JSON header
- * {name: {dtype, shape, data_offsets: [begin, end]}} padded with spaces to a
- * multiple of 8, then the raw little-endian tensor bytes. */
+ * transformers' save_pretrained lays them out (the safetensors writer is
+ * checkpoint/safetensors.c). Moments are not exported. */
 #include "checkpoint/ckpt.h"
 #include "checkpoint/ckpt_internal.h"
+#include "checkpoint/safetensors.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -41,61 +39,6 @@ static int finish(FILE *f, const char *tmp, const char *dst, char *err, size_t e
     return 0;
 }
 
-/* One safetensors file of entries [lo, hi). */
-static int write_shard(ap_ckpt *ck, int lo, int hi, const char *path, char *err, size_t errlen) {
-    cJSON *h = cJSON_CreateObject();
-    cJSON *md = cJSON_AddObjectToObject(h, "__metadata__");
-    cJSON_AddStringToObject(md, "format", "pt");
-    uint64_t off = 0;
-    size_t maxn = 0;
-    for (int i = lo; i < hi; i++) {
-        const ap_ckpt_entry *e = ap_ckpt_entry_at(ck, i);
-        cJSON *t = cJSON_AddObjectToObject(h, e->name);
-        cJSON_AddStringToObject(t, "dtype", "F32");
-        cJSON *sh = cJSON_AddArrayToObject(t, "shape");
-        for (int k = 0; k < e->ndim; k++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->shape[k]));
-        cJSON *o = cJSON_AddArrayToObject(t, "data_offsets");
-        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)off));
-        off += (uint64_t)e->numel * 4;
-        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)off));
-        if (e->numel > maxn) maxn = e->numel;
-    }
-    char *js = cJSON_PrintUnformatted(h);
-    cJSON_Delete(h);
-    size_t jl = strlen(js), padded = (jl + 7) / 8 * 8;
-    char tmp[PATH_MAX + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
-        free(js);
-        return -1;
-    }
-    unsigned char len8[8];
-    for (int k = 0; k < 8; k++) len8[k] = (unsigned char)((uint64_t)padded >> (8 * k));
-    int rc = write_all(f, len8, 8) || write_all(f, js, jl) || write_all(f, "        ", padded - jl);
-    free(js);
-    float *buf = malloc((maxn ? maxn : 1) * sizeof *buf);
-    for (int i = lo; i < hi && !rc; i++) {
-        const ap_ckpt_entry *e = ap_ckpt_entry_at(ck, i);
-        if (ap_ckpt_read_entry(ck, e, buf, NULL, NULL, err, errlen)) {
-            free(buf);
-            fclose(f);
-            unlink(tmp);
-            return -1;
-        }
-        rc = write_all(f, buf, e->numel * 4);
-    }
-    free(buf);
-    if (rc) {
-        seterr(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
-        fclose(f);
-        unlink(tmp);
-        return -1;
-    }
-    return finish(f, tmp, path, err, errlen);
-}
-
 static int write_text(const char *path, const char *text, char *err, size_t errlen) {
     char tmp[PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -108,7 +51,8 @@ static int write_text(const char *path, const char *text, char *err, size_t errl
     return finish(f, tmp, path, err, errlen);
 }
 
-int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, cJSON *report, char *err, size_t errlen) {
+int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, int bf16, cJSON *report, char *err,
+                   size_t errlen) {
     if (strlen(out) > PATH_MAX - 256) {
         seterr(err, errlen, "export directory name is too long");
         return -1;
@@ -118,48 +62,67 @@ int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, cJSON *repo
         seterr(err, errlen, "%s: the checkpoint records no config.json; cannot make a Hugging Face directory", ap_ckpt_dir(ck));
         return -1;
     }
-    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
-        seterr(err, errlen, "%s: cannot create: %s", out, strerror(errno));
+    /* every parameter in memory (moments stay behind), in manifest order:
+     * stage by stage, layer by layer, as save_pretrained orders them */
+    int ne = ap_ckpt_n_entries(ck);
+    size_t total = 0;
+    for (int i = 0; i < ne; i++) total += ap_ckpt_entry_at(ck, i)->numel;
+    float *all = malloc((total ? total : 1) * sizeof *all);
+    ap_st_out *t = calloc(ne > 0 ? (size_t)ne : 1, sizeof *t);
+    if (!all || !t) {
+        seterr(err, errlen, "out of memory holding %zu parameters for export", total);
+        free(all);
+        free(t);
         return -1;
     }
-    /* shards: consecutive entries (manifest order: stage, then layer) up to max_shard bytes */
-    int ne = ap_ckpt_n_entries(ck), ns = 0;
-    int *start = malloc(sizeof(int) * (size_t)(ne + 1));
-    uint64_t cur = 0, total = 0;
-    for (int i = 0; i < ne; i++) {
-        uint64_t b = (uint64_t)ap_ckpt_entry_at(ck, i)->numel * 4;
-        if (i == 0 || cur + b > max_shard) start[ns++] = i, cur = 0;
-        cur += b;
-        total += b;
+    int rc = 0;
+    size_t off = 0;
+    for (int i = 0; i < ne && !rc; i++) {
+        const ap_ckpt_entry *e = ap_ckpt_entry_at(ck, i);
+        rc = ap_ckpt_read_entry(ck, e, all + off, NULL, NULL, err, errlen);
+        t[i].name = e->name;
+        t[i].ndim = e->ndim;
+        for (int k = 0; k < e->ndim; k++) t[i].shape[k] = e->shape[k];
+        t[i].data = all + off;
+        off += e->numel;
     }
-    start[ns] = ne;
+    if (!rc && mkdir(out, 0755) != 0 && errno != EEXIST) {
+        seterr(err, errlen, "%s: cannot create: %s", out, strerror(errno));
+        rc = -1;
+    }
     char p[PATH_MAX];
-    cJSON *files = cJSON_AddArrayToObject(report, "files");
     snprintf(p, sizeof p, "%s/config.json", out);
-    int rc = write_text(p, cj->valuestring, err, errlen);
-    if (!rc) cJSON_AddItemToArray(files, cJSON_CreateString("config.json"));
-    cJSON *idx = cJSON_CreateObject();
-    cJSON_AddNumberToObject(cJSON_AddObjectToObject(idx, "metadata"), "total_size", (double)total);
-    cJSON *wm = cJSON_AddObjectToObject(idx, "weight_map");
-    for (int s = 0; s < ns && !rc; s++) {
-        char name[64];
-        if (ns == 1) snprintf(name, sizeof name, "model.safetensors");
-        else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, ns);
-        snprintf(p, sizeof p, "%s/%s", out, name);
-        rc = write_shard(ck, start[s], start[s + 1], p, err, errlen);
-        if (!rc) cJSON_AddItemToArray(files, cJSON_CreateString(name));
-        for (int i = start[s]; i < start[s + 1]; i++) cJSON_AddStringToObject(wm, ap_ckpt_entry_at(ck, i)->name, name);
+    if (!rc) rc = write_text(p, cj->valuestring, err, errlen);
+    if (!rc) rc = ap_st_write(out, NULL, t, ne, bf16 ? AP_ST_BF16 : AP_ST_F32, max_shard, err, errlen);
+    free(all);
+    free(t);
+    if (rc) return -1;
+    /* what was written, from the index when sharded */
+    cJSON *files = cJSON_AddArrayToObject(report, "files");
+    cJSON_AddItemToArray(files, cJSON_CreateString("config.json"));
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", out);
+    FILE *f = (size_t)total * (bf16 ? 2 : 4) > max_shard ? fopen(p, "rb") : NULL;
+    int shards = 1;
+    if (f) {
+        fclose(f);
+        cJSON_AddItemToArray(files, cJSON_CreateString("model.safetensors.index.json"));
+        for (shards = 1;; shards++) { /* model-0000K-of-0000N: find N by probing K = 1 */
+            char name[64];
+            snprintf(name, sizeof name, "model-00001-of-%05d.safetensors", shards);
+            snprintf(p, sizeof p, "%s/%s", out, name);
+            struct stat sb;
+            if (stat(p, &sb) == 0 || shards > 99999) break;
+        }
+        for (int k = 1; k <= shards; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k, shards);
+            cJSON_AddItemToArray(files, cJSON_CreateString(name));
+        }
+    } else {
+        cJSON_AddItemToArray(files, cJSON_CreateString("model.safetensors"));
     }
-    if (!rc && ns > 1) {
-        char *txt = cJSON_Print(idx);
-        snprintf(p, sizeof p, "%s/model.safetensors.index.json", out);
-        rc = write_text(p, txt, err, errlen);
-        free(txt);
-        if (!rc) cJSON_AddItemToArray(files, cJSON_CreateString("model.safetensors.index.json"));
-    }
-    cJSON_Delete(idx);
-    cJSON_AddNumberToObject(report, "total_size", (double)total);
-    cJSON_AddNumberToObject(report, "shards", ns);
-    free(start);
-    return rc;
+    cJSON_AddNumberToObject(report, "params", (double)total);
+    cJSON_AddNumberToObject(report, "shards", shards);
+    cJSON_AddStringToObject(report, "dtype", bf16 ? "BF16" : "F32");
+    return 0;
 }

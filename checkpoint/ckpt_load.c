@@ -592,3 +592,21 @@ int ap_ckpt_load(const char *path, const char *config_json, ap_ckpt_state *st, a
     if (st && rc == 0) ap_ckpt_state_free(st);
     return -1;
 }
+
+int ap_ckpt_is_checkpoint(const char *path) {
+    char out[PATH_MAX], err[256];
+    struct stat sb;
+    if (!path || strlen(path) > PATH_MAX - 256 || stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return 0;
+    if (ap_ckpt_is_committed(path)) return 1;
+    return ap_ckpt_find_latest(path, out, sizeof out, err, sizeof err) == 1;
+}
+
+char *ap_ckpt_read_config_json(const char *path, char *err, size_t errlen) {
+    ap_ckpt *ck = NULL;
+    if (ap_ckpt_open(path, &ck, err, errlen)) return NULL;
+    const cJSON *cj = cJSON_GetObjectItemCaseSensitive(ck->man, "config_json");
+    char *s = cJSON_IsString(cj) && cj->valuestring[0] ? strdup(cj->valuestring) : NULL;
+    if (!s) seterr(err, errlen, "%s: the checkpoint records no config.json", ck->dir);
+    ap_ckpt_close(ck);
+    return s;
+}

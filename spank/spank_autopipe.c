@@ -62,8 +62,11 @@ int slurm_spank_init(spank_t sp, int ac, char **av) {
 
     if (ap_spank_conf_parse(&conf, ac, av, err, sizeof err)) {
         slurm_error("autopipe: %s; the plugin is not loaded", err);
-        if (ctx != S_CTX_REMOTE) goto fail; /* srun/sbatch: refuse, the flags do not exist */
-        conf_bad = 1; /* slurmstepd: a failed init here hurts the node; fail tasks instead */
+        /* srun/sbatch/salloc refuse: the flags do not exist. In slurmd and
+         * slurmstepd a failed init would hurt the node (a required plugin
+         * stops slurmd); there the tasks that use the flags fail instead. */
+        if (ctx == S_CTX_LOCAL || ctx == S_CTX_ALLOCATOR) goto fail;
+        conf_bad = 1;
     }
     if (ctx == S_CTX_LOCAL || ctx == S_CTX_REMOTE || ctx == S_CTX_ALLOCATOR) {
         for (int a = 0; a < AP_NAXES; a++) {

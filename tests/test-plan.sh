@@ -10,6 +10,7 @@ has() { grep -qF -- "$1" "$tmp/out"; }
 
 "$A" plan > "$tmp/out" 2>&1; rc=$?
 t "plan without a file: the built-in config (pp 2) exits 0" '[ $rc -eq 0 ] && has "mesh: pp 2 x dp 1 x tp 1 = 2 ranks" && has "Stage 0 (first): layers 0-1" && has "Stage 1 (last): layers 2-3"'
+t "microbatch count from batch_size / pp_microbatch_size" 'has "microbatches: dataloader.batch_size 8 / pp_microbatch_size 1 = 8 per step per dp rank"'
 t "built-in stages: embed first, norm and lm_head last, 50% each" 'has "  - model.embed_tokens" && has "  - lm_head" && [ $(grep -c "(50.0%)" "$tmp/out") -eq 2 ]'
 
 "$A" plan --distributed.pp_size 2 --model.num_hidden_layers 32 > "$tmp/out" 2>&1
@@ -24,7 +25,8 @@ t "mesh 2x2x2: dp groups" 'has "dp groups (4 x 2 ranks): [0 2] [1 3] [4 6] [5 7]
 t "mesh 2x2x2: tp groups" 'has "tp groups (4 x 2 ranks): [0 1] [2 3] [4 5] [6 7]"'
 t "mesh 2x2x2: global ranks of each pp rank" 'has "pp rank 0 (global ranks 0-3): stage 0" && has "pp rank 1 (global ranks 4-7): stage 1"'
 
-"$A" plan --distributed.pp_size 4 --model.num_hidden_layers 32 --autopipeline.pp_schedule zbv > "$tmp/out" 2>&1
+"$A" plan --distributed.pp_size 4 --model.num_hidden_layers 32 --autopipeline.pp_schedule zbv --dataloader.batch_size 4 > "$tmp/out" 2>&1
+t "fewer microbatches than stages: bubble warning" 'has "fewer than the stages"'
 t "zbv: V placement, rank 0 holds stages 0 and 7" 'has "zbv (multi-stage, v placement): 8 stages, 2 per pp rank" && has "pp rank 0 (global rank 0): stages 0 7" && has "pp rank 3 (global rank 3): stages 3 4"'
 "$A" plan --distributed.pp_size 4 --model.num_hidden_layers 32 --autopipeline.pp_schedule interleaved_1f1b --autopipeline.layers_per_stage 4 > "$tmp/out" 2>&1
 t "guide: layers_per_stage 4 of 32 on pp 4 is 8 stages, loop placement (0, 4)" 'has "8 stages, 2 per pp rank" && has "pp rank 0 (global rank 0): stages 0 4"'

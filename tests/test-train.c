@@ -147,6 +147,19 @@ int main(void) {
            strstr(err, "not finite") && r.steps == 0,
        "NaN parameter: stops at step 1 before the update: %s", err);
     ap_loader_free(&l);
+    o.norm_inf = 1;
+    ap_loader_init(&l, tr, 1, 1234, err, sizeof err);
+    ok(ap_train_loop(&o, &e, &l, NULL, NULL, &r, err, sizeof err) < 0 && r.nonfinite && isnan(r.last_grad_norm),
+       "NaN survives the inf-norm too");
+    ap_loader_free(&l);
+    ap_stage_destroy(s);
+    o = base_opts(T);
+    o.norm_inf = 1;
+    o.max_steps = 3;
+    s = run(&o, tr, &r, err, sizeof err, &rc);
+    float gmax = 0;
+    for (size_t i = 0; i < s->n_params; i++) gmax = fmaxf(gmax, fabsf(s->grads[i]));
+    ok(rc == 0 && fabs(r.last_grad_norm - gmax) <= 1e-7 * gmax, "inf-norm is the largest |grad| (%g)", gmax);
     ap_stage_destroy(s);
     o = base_opts(T);
     o.lr.max_lr = o.lr.init_lr = o.lr.min_lr = 1e38;

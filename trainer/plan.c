@@ -69,6 +69,10 @@ int ap_plan_print(FILE *f, const ap_config *cfg, const ap_model_config *mc, cons
             ap_pp_schedule_name(sp->schedule), cfg->autopipeline.pp_schedule_csv ? " + CSV" : "",
             sp->single_stage ? "single-stage" : "multi-stage", sp->style == AP_STYLE_V ? "v" : "loop",
             sp->num_stages, sp->num_stages == 1 ? "" : "s", sp->stages_per_rank, sp->manual ? "manual" : "automatic");
+    int mb = cfg->dataloader.batch_size / cfg->autopipeline.pp_microbatch_size;
+    fprintf(f, "microbatches: dataloader.batch_size %d / pp_microbatch_size %d = %d per step per dp rank%s\n",
+            cfg->dataloader.batch_size, cfg->autopipeline.pp_microbatch_size, mb,
+            mb < sp->num_stages ? " (fewer than the stages: expect a large pipeline bubble)" : "");
     int *ids = malloc(sizeof *ids * (size_t)sp->stages_per_rank);
     if (!ids) return -1;
     int stride = m.size[1] * m.size[2];

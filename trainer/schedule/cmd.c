@@ -15,7 +15,7 @@ static void usage(FILE *f) {
             "usage: autopipe schedule --schedule NAME --pp N --microbatches M [--stages-per-rank V]\n"
             "                         [--csv FILE] [--costs F=1,B=2,I=1,W=1,comm=0] [--grid] [--lowered]\n"
             "                         [--forward-only]\n"
-            "                         [-o out.png|out.svg|out.csv]\n\n"
+            "                         [-o out.png|out.svg|out.csv|out.json]\n\n"
             "Generate a pipeline schedule, prove it complete and deadlock-free, simulate it and print\n"
             "the per-rank timeline with bubble and activation-memory figures.\n\n"
             "  -s, --schedule NAME       gpipe, 1f1b, interleaved_1f1b, looped_bfs, interleaved_zb, zbv\n"
@@ -25,11 +25,13 @@ static void usage(FILE *f) {
             "  -m, --microbatches M      microbatches per step\n"
             "  -v, --stages-per-rank V   stages per rank (default 1 for gpipe/1f1b, 2 otherwise)\n"
             "  -c, --csv FILE            load a schedule CSV (PyTorch's compute_only or compute_comms)\n"
-            "  -C, --costs LIST          action costs, default F=1,B=2,I=1,W=1,comm=0\n"
+            "  -C, --costs LIST          action costs, default F=1,B=2,I=1,W=1,comm=0;\n"
+            "                            TYPE@STAGE=X for one stage (B@3=2.5)\n"
             "  -g, --grid                also print the step grid (steps down, ranks across)\n"
             "  -l, --lowered             grid and CSV with SEND/RECV actions (compute_comms)\n"
             "  -f, --forward-only        only the forwards, as the validation pass runs them\n"
-            "  -o, --output FILE         write a picture (.png, .svg) or the schedule (.csv)\n"
+            "  -o, --output FILE         write a picture (.png, .svg), the schedule (.csv) or the\n"
+            "                            simulated timeline as a Chrome trace (.json, for Perfetto)\n"
             "Exit status: 0 ok, 1 runtime failure, 2 usage or impossible settings.\n");
 }
 
@@ -141,6 +143,10 @@ int ap_cmd_schedule(int argc, char **argv) {
             nsend += low->acts[r][i].type == AP_ACT_SEND_F || low->acts[r][i].type == AP_ACT_SEND_B;
         }
     printf("validated: complete and deadlock-free (%d actions with %d send/recv pairs)\n", nact, nsend);
+    int strict_s = ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_SENDS, err, sizeof err) == 0;
+    int strict_r = ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_RECVS, err, sizeof err) == 0;
+    printf("deadlock-free with blocking sends: %s; with blocking receives: %s\n", strict_s ? "yes" : "no",
+           strict_r ? "yes" : "no");
     if (grid) {
         const ap_schedule *g = lowered_out ? low : s;
         size_t need = ap_schedule_format_grid(g, -1, -1, NULL, 0) + 1;
@@ -158,13 +164,20 @@ int ap_cmd_schedule(int argc, char **argv) {
                 fprintf(stderr, "autopipe schedule: %s\n", err);
                 goto out;
             }
+        } else if (dot && !strcasecmp(dot, ".json")) {
+            FILE *f = fopen(outp, "w");
+            int bad = !f || ap_schedule_write_trace(s, &sim, f) < 0;
+            if ((f && fclose(f)) || bad) {
+                fprintf(stderr, "autopipe schedule: %s: cannot write the trace\n", outp);
+                goto out;
+            }
         } else if (dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".svg"))) {
             if (ap_schedule_render_image(s, &sim, outp, err, sizeof err)) {
                 fprintf(stderr, "autopipe schedule: %s\n", err);
                 goto out;
             }
         } else {
-            fprintf(stderr, "autopipe schedule: -o %s: expected a .png, .svg or .csv file name\n", outp);
+            fprintf(stderr, "autopipe schedule: -o %s: expected a .png, .svg, .csv or .json file name\n", outp);
             rv = AP_EXIT_USAGE;
             goto out;
         }
