@@ -42,6 +42,12 @@ same "$tmp/ref.jsonl" "$tmp/pp2.jsonl"
 check $? "pp 2 1f1b: per-step loss, grad norm and val loss equal one process"
 [ "$(grep -c '^step 1/3' "$tmp/pp2.out")" = 1 ]
 check $? "pp 2: one rank prints the log"
+[ "$(grep -c '^step [0-9]*/3 .*| bubble [0-9.]*%$' "$tmp/pp2.out")" = 3 ] &&
+    awk -F'"bubble": ' 'NF > 1 { split($2, a, ","); if (a[1] < 0 || a[1] > 1) bad = 1; k++ } END { exit bad || k != 3 }' \
+        "$tmp/pp2.jsonl"
+check $? "pp 2: every step's log line and metrics record carry the measured bubble fraction (in [0, 1])"
+! grep -q bubble "$tmp/ref.out"
+check $? "one process: no bubble figure"
 
 $MPIRUN -np 4 $AUTOPIPE train $common --dataloader.batch_size 4 --distributed.pp_size 2 --distributed.dp_size 2 \
     --autopipeline.pp_schedule zbv --logging.metrics_file "$tmp/zbv.jsonl" --logging.trace_dir "$tmp/trace" \
