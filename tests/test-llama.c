@@ -415,6 +415,11 @@ int main(void) {
     for (int i = 0; i < nf; i++) test_fd(&f[i]);
     for (int i = 0; i < nf; i++) test_split(&f[i]);
     for (int i = 0; i < nf; i++) test_pipeline_contracts(&f[i]);
+    /* the same contracts with 2 threads (attention tasks split over threads) */
+    ap_kernels_set_threads(2);
+    test_pipeline_contracts(&f[5]);
+    test_pipeline_contracts(&f[6]);
+    ap_kernels_set_threads(1);
     test_names_and_init();
     test_errors();
     return tap_done();

@@ -237,7 +237,7 @@ static size_t carve_acts(llama *m, float *base) {
     m->dln = take(base, &off, N * C);
     m->dy = take(base, &off, N * m->Q);
     m->dh = take(base, &off, N * m->FF);
-    m->datt = take(base, &off, m->T * m->T);
+    m->datt = take(base, &off, AP_KERNELS_MAX_THREADS * m->T * m->T); /* untouched pages cost no RSS */
     carve_douts(m, &m->sd, base, &off);
     return off;
 }
