@@ -2,6 +2,14 @@
  * Exit codes: 0 ok, 1 runtime failure, 2 usage or config error. */
 #include "config.h"
 #include "launcher/commands.h"
+#include "launcher/config.h"
+#include "trainer/plan.h"
+#include "launcher/mesh.h"
+#include "trainer/schedule/schedule.h"
+#include "checkpoint/ckpt.h"
+#include "trainer/data.h"
+#include "trainer/generate.h"
+#include "trainer/train.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -14,6 +22,15 @@ static int cmd_version(int argc, char **argv);
 const ap_command ap_commands[] = {
     {"help", cmd_help, "show this help, or a subcommand's with `autopipe help CMD`"},
     {"version", cmd_version, "print the version"},
+    {"plan", ap_cmd_plan, "show the mesh, stage placement and per-stage modules of a config (no MPI)"},
+    {"config", ap_cmd_config, "print the merged config as YAML (--reference: every key)"},
+    {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
+    {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
+    {"ckpt", ap_cmd_ckpt, "inspect, verify, compare and export checkpoints"},
+    {"train", ap_cmd_train, "train a model (one process: pp_size 1; built-in tiny Llama and text by default)"},
+    {"eval", ap_cmd_eval, "mean loss of a model directory over a data file"},
+    {"generate", ap_cmd_generate, "sample a continuation from a model directory"},
+    {"tokenize", ap_cmd_tokenize, "byte-tokenize a text file into a token shard (.bin)"},
     {NULL, NULL, NULL},
 };
 

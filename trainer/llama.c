@@ -487,9 +487,16 @@ static int run_backward(ap_stage *s, int slot, const float *dout, float dloss, f
     }
     if (m->first) {
         if (mode == BW_INPUT) memcpy(sl->stash_emb, dres, NC * sizeof(float));
-        if (mode != BW_INPUT)
-            ap_embedding_backward(m->dwte, mode == BW_FULL ? dres : sl->stash_emb, sl->tokens, m->N,
-                                  m->C, m->emb_scale);
+        if (mode != BW_INPUT) {
+            float *demb = mode == BW_FULL ? dres : sl->stash_emb;
+            /* transformers builds nn.Embedding(padding_idx=pad_token_id): lookups of
+             * the pad token add nothing to its row's gradient */
+            int pad = m->mc.pad_token_id;
+            if (pad >= 0)
+                for (size_t n = 0; n < m->N; n++)
+                    if (sl->tokens[n] == pad) memset(demb + n * m->C, 0, m->C * sizeof(float));
+            ap_embedding_backward(m->dwte, demb, sl->tokens, m->N, m->C, m->emb_scale);
+        }
     } else if (mode != BW_WEIGHT) {
         memcpy(din, dres, NC * sizeof(float));
     }
