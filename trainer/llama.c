@@ -310,7 +310,7 @@ static void layer_backward_input(const llama *m, int l, const layer_acts *a, con
     memcpy(d->dattn, dres, N * C * sizeof(float));
     ap_matmul_backward_input(m->dy, d->dattn, w->wo, N, Q, C, 0);
     ap_attention_backward(d->dqkv, m->datt, m->dy, a->qkv, a->att, m->B, m->T, m->H, m->KVH, m->D,
-                          m->att_scale);
+                          m->window, m->att_scale);
     ap_rope_backward(d->dqkv, m->cos_, m->sin_, N, m->T, m->H, m->D, S);
     ap_rope_backward(d->dqkv + Q, m->cos_, m->sin_, N, m->T, m->KVH, m->D, S);
     if (m->mc.qk_norm) {
