@@ -62,6 +62,8 @@ static int pe_allreduce(ap_step_engine *e, double *v, int n, int op_max, enum ap
     return 0;
 }
 
+static double pe_bubble(ap_step_engine *e) { return ap_pipeline_engine_bubble((ap_pipeline_engine *)e); }
+
 void ap_pipeline_engine_init(ap_pipeline_engine *pe, ap_executor *ex, ap_stage **stages, int n_stages,
                              MPI_Comm pp, MPI_Comm all, int n_micro, int grad_acc_steps) {
     *pe = (ap_pipeline_engine){0};
@@ -69,6 +71,7 @@ void ap_pipeline_engine_init(ap_pipeline_engine *pe, ap_executor *ex, ap_stage *
     pe->e.forward = pe_forward;
     pe->e.sync_grads = pe_sync;
     pe->e.allreduce = pe_allreduce;
+    pe->e.bubble = pe_bubble;
     pe->e.stages = stages;
     pe->e.n_stages = n_stages;
     pe->e.impl = pe;
@@ -81,6 +84,7 @@ void ap_pipeline_engine_init(ap_pipeline_engine *pe, ap_executor *ex, ap_stage *
 }
 
 double ap_pipeline_engine_bubble(ap_pipeline_engine *pe) {
+    /* collective over every rank of the mesh */
     double b = pe->step_s > 0 ? pe->wait_s / pe->step_s : 0;
     MPI_Allreduce(MPI_IN_PLACE, &b, 1, MPI_DOUBLE, MPI_MAX, pe->all);
     return b;

@@ -283,7 +283,7 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         ap_step_metrics sm = {step + 1, o->max_steps, loss, norm, lr, tps,
                               o->flops_per_token > 0 && o->peak_flops > 0 ? o->flops_per_token * tps / o->peak_flops
                                                                          : -1,
-                              dt, ap_peak_rss_mib(), n_label};
+                              dt, ap_peak_rss_mib(), n_label, e->bubble ? e->bubble(e) : -1};
         if (o->is_log_rank && !o->quiet) ap_metrics_step(&met, &sm);
 
         /* 6. validation and checkpoints */
