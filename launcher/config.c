@@ -222,6 +222,7 @@ static void suggest_key(const char *section, const char *typed, char *out, size_
     }
     if (out[0]) return;
     for (int i = 0; i < ap_cfg_nkeys; i++) { /* the right key in another section */
+        if (!strcmp(ap_cfg_keys[i].key, "_target_")) continue;
         if (!strcmp(ap_cfg_keys[i].key, typed) || edit_distance(typed, ap_cfg_keys[i].key) <= 1) {
             snprintf(out, len, " (did you mean %s.%s?)", ap_cfg_keys[i].section, ap_cfg_keys[i].key);
             return;
@@ -667,6 +668,17 @@ static int set_value(ap_config *cfg, const ap_cfg_key *k, yaml_document_t *doc, 
 /* Parses `text` as a one-value YAML document and sets key k from it. */
 static int set_from_text(ap_config *cfg, const ap_cfg_key *k, const char *text, const loc *where,
                          char *err, size_t errlen) {
+    /* A string key takes the text as it is (a path may hold ": " or " #"),
+     * unless it is quoted or a null word. */
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL", NULL};
+    scalar raw = {text, strlen(text), 1};
+    if (k->type == AP_CFG_STR && text[0] != '\'' && text[0] != '"' && !text_is(&raw, nulls)) {
+        char *s = strdup(text);
+        if (!s) { errf(err, errlen, where, "out of memory"); return -1; }
+        free(*(char **)field(cfg, k));
+        *(char **)field(cfg, k) = s;
+        return 0;
+    }
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) { errf(err, errlen, where, "out of memory"); return -1; }
@@ -724,7 +736,7 @@ static int load_yaml(ap_config *cfg, FILE *f, const char *text, const char *path
         else {
             loc l = {path, (int)parser.problem_mark.line + 1, (int)parser.problem_mark.column + 1, NULL};
             if (parser.context)
-                errf(err, errlen, &l, "YAML syntax error: %s %s (line %zu, column %zu)",
+                errf(err, errlen, &l, "YAML syntax error: %s %s (see line %zu, column %zu)",
                      parser.problem ? parser.problem : "", parser.context, parser.context_mark.line + 1,
                      parser.context_mark.column + 1);
             else
@@ -986,6 +998,17 @@ int ap_config_load_builtin(ap_config *cfg, int argc, char **overrides, char *err
     return load_impl(cfg, NULL, 1, argc, overrides, err, errlen);
 }
 
+int ap_config_load_string(ap_config *cfg, const char *yaml, const char *name, char *err,
+                          size_t errlen) {
+    ap_config_defaults(cfg);
+    if (load_yaml(cfg, NULL, yaml, name ? name : "<config text>", err, errlen) ||
+        ap_config_validate(cfg, err, errlen)) {
+        ap_config_free(cfg);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- the subcommand command line ---- */
 
 static const ap_cli_flag *find_flag(const ap_cli_flag *flags, const char *name, size_t len) {
@@ -1194,6 +1217,19 @@ int ap_config_emit_yaml(const ap_config *cfg, FILE *f) {
     if (e.ok && !yaml_emitter_flush(&e.em)) e.ok = 0;
     yaml_emitter_delete(&e.em);
     return e.ok && !ferror(f) ? 0 : -1;
+}
+
+char *ap_config_to_yaml(const ap_config *cfg) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    int rc = ap_config_emit_yaml(cfg, f);
+    if (fclose(f) || rc) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
 }
 
 /* ---- help and the reference ---- */

@@ -143,6 +143,15 @@ int ap_config_from_args(ap_config *cfg, int argc, char **argv, const ap_cli_flag
  * values. Returns 0 or -1 (write error). */
 int ap_config_emit_yaml(const ap_config *cfg, FILE *f);
 
+/* The same YAML as a malloc'd string (free it), e.g. to store in a
+ * checkpoint; NULL on failure. */
+char *ap_config_to_yaml(const ap_config *cfg);
+
+/* Defaults, then the YAML text (e.g. read back from a checkpoint; `name`
+ * labels messages), then validation. 0, or -1 with cfg freed. */
+int ap_config_load_string(ap_config *cfg, const char *yaml, const char *name, char *err,
+                          size_t errlen);
+
 /* The markdown configuration reference (one table per section). */
 void ap_config_emit_reference(FILE *f);
 

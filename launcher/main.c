@@ -8,6 +8,8 @@
 #include "trainer/schedule/schedule.h"
 #include "checkpoint/ckpt.h"
 #include "trainer/data.h"
+#include "trainer/generate.h"
+#include "trainer/train.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -25,6 +27,9 @@ const ap_command ap_commands[] = {
     {"mesh", ap_cmd_mesh, "print each MPI rank's (pp, dp, tp) place and check the mesh"},
     {"schedule", ap_cmd_schedule, "generate, validate, simulate and draw a pipeline schedule"},
     {"ckpt", ap_cmd_ckpt, "inspect, verify, compare and export checkpoints"},
+    {"train", ap_cmd_train, "train a model (one process: pp_size 1; built-in tiny Llama and text by default)"},
+    {"eval", ap_cmd_eval, "mean loss of a model directory over a data file"},
+    {"generate", ap_cmd_generate, "sample a continuation from a model directory"},
     {"tokenize", ap_cmd_tokenize, "byte-tokenize a text file into a token shard (.bin)"},
     {NULL, NULL, NULL},
 };

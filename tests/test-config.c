@@ -76,7 +76,8 @@ static void test_file_and_overrides(void) {
         "optimizer:\n"
         "  lr: 1e-4\n"
         "  betas: [0.8, 0.99]\n"
-        "dataloader: {batch_size: 16, shuffle: no}\n"
+        "dataloader: {_target_: torchdata.stateful_dataloader.StatefulDataLoader, batch_size: 16, shuffle: no}\n"
+        "rng: {_target_: nemo_automodel.components.training.rng.StatefulRNG, seed: 1111}\n"
         "clip_grad_norm:\n"
         "  max_norm: null\n"
         "  norm_type: .inf\n"
@@ -97,14 +98,16 @@ static void test_file_and_overrides(void) {
        "file: list of lists (block of flow sequences)");
     ok(c.optimizer.lr == 1e-4 && c.optimizer.betas[0] == 0.8 && c.optimizer.betas[1] == 0.99,
        "file: floats and a float list");
-    ok(c.dataloader.batch_size == 16 && c.dataloader.shuffle == 0, "file: flow mapping, YAML 1.1 'no'");
+    ok(c.dataloader.batch_size == 16 && c.dataloader.shuffle == 0 && c.rng.seed == 1111 && c.dataloader._target_,
+       "file: flow mappings, YAML 1.1 'no', NeMo dataloader/rng targets");
     ok(!c.clip_grad_norm.has_max_norm && isinf(c.clip_grad_norm.norm_type), "file: null float, .inf");
     ap_config_free(&c);
 
     char *ov[] = {"--distributed.pp_size", "2", "--optimizer.lr=0.5", "--autopipeline.layers_per_stage",
                   "null", "--autopipeline.module_fqns_per_model_part", "[[a, b], [c]]",
                   "--checkpoint.resume=false", "--optimizer.betas", "[0.5, 0.6]",
-                  "--autopipeline.pp_schedule", "1F1B", "--dataset.path_or_dataset=x=y.txt"};
+                  "--autopipeline.pp_schedule", "1F1B", "--dataset.path_or_dataset=x=y.txt",
+                  "--logging.metrics_file", "runs/a: b #1.jsonl", "--dataset.val_path", "'quoted'"};
     rc = load(&c, yaml, (int)(sizeof ov / sizeof *ov), ov, err, sizeof err);
     ok(rc == 0, "overrides apply%s%s", rc ? ": " : "", rc ? err : "");
     if (rc) return;
@@ -118,6 +121,8 @@ static void test_file_and_overrides(void) {
     ok(c.optimizer.betas[0] == 0.5 && c.optimizer.betas[1] == 0.6, "override a float list");
     ok(!strcmp(c.autopipeline.pp_schedule, "1F1B"), "str override kept verbatim");
     ok(!strcmp(c.dataset.path_or_dataset, "x=y.txt"), "'--k=v' splits at the first '='");
+    ok(!strcmp(c.logging.metrics_file, "runs/a: b #1.jsonl") && !strcmp(c.dataset.val_path, "quoted"),
+       "string override taken verbatim (': ' and ' #' kept), quotes removed when quoted");
     ap_config_free(&c);
 }
 
@@ -170,6 +175,15 @@ static void test_round_trip(void) {
     rc = ap_config_load(&e, write_file("d.yaml", yd), 0, NULL, err, sizeof err);
     char *ye = rc ? NULL : emit(&e);
     ok(rc == 0 && !strcmp(yd, ye), "round trip: the built-in defaults");
+    char *ys = ap_config_to_yaml(&a);
+    ap_config g;
+    int rs = ap_config_load_string(&g, ys, "<checkpoint>", err, sizeof err);
+    char *yg = rs ? NULL : ap_config_to_yaml(&g);
+    ok(ys && !strcmp(ys, y1) && rs == 0 && !strcmp(yg, y1), "round trip through a string (ap_config_to_yaml, ap_config_load_string)");
+    if (!rs) ap_config_free(&g);
+    free(ys); free(yg);
+    rs = ap_config_load_string(&g, "model:\n  hidden_size: -1\n", "<checkpoint>", err, sizeof err);
+    ok(rs == -1 && strstr(err, "<checkpoint>:2:16: model.hidden_size: -1 is out of range"), "string load names its label in errors");
     free(y1); free(y2); free(yd); free(ye);
     ap_config_free(&a); ap_config_free(&b); ap_config_free(&d);
     if (!rc) ap_config_free(&e);
@@ -197,6 +211,8 @@ static void test_errors(void) {
                  "c.yaml:2:3: unknown key 'model.hiden_size'", "did you mean model.hidden_size?");
     expect_error("key in the wrong section", "distributed:\n  layers_per_stage: 2\n", 0, NULL,
                  "unknown key 'distributed.layers_per_stage'", "did you mean autopipeline.layers_per_stage?");
+    expect_error("_target_ where the section has none", "lr_scheduler:\n  _target_: x.Y\n", 0, NULL,
+                 "unknown key 'lr_scheduler._target_' (keys of lr_scheduler: lr_warmup_steps", NULL);
     expect_error("wrong type: int", "distributed:\n  pp_size: two\n", 0, NULL,
                  "c.yaml:2:12: distributed.pp_size: 'two' is not an integer", "expected an integer in [1, 16777216]");
     expect_error("wrong type: float", "optimizer:\n  lr: fast\n", 0, NULL, "optimizer.lr: 'fast' is not a number",
@@ -376,6 +392,35 @@ static void test_from_args(void) {
     ok(rc == -1 && strstr(err, "'--verbose'"), "from_args: no flags declared");
 }
 
+/* Mutated and truncated recipes: every load ends in 0 or -1 with a message, never a crash. */
+static void test_fuzz(void) {
+    const char *base =
+        "distributed: {pp_size: 2, dp_size: 1}\nautopipeline:\n  pp_schedule: zbv\n"
+        "  module_fqns_per_model_part: [[model.embed_tokens, model.layers.0], [model.layers.1, lm_head]]\n"
+        "optimizer:\n  betas: [0.9, 0.95]\n  lr: 1e-3\ncheckpoint: {checkpoint_dir: 'a b', resume: auto}\n";
+    size_t n = strlen(base);
+    char buf[512];
+    unsigned long long x = 88172645463325252ULL;
+    int bad = 0, errors = 0;
+    for (int it = 0; it < 400; it++) {
+        memcpy(buf, base, n + 1);
+        int muts = 1 + it % 4;
+        for (int m = 0; m < muts; m++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            static const char alphabet[] = "[]{}:,-'\"#&*!|>%@ \t\n0aZ.\\\x01\xff";
+            buf[x % n] = alphabet[(x >> 32) % (sizeof alphabet - 1)];
+        }
+        if (it % 7 == 0) buf[(x >> 16) % n] = 0; /* truncated */
+        ap_config c;
+        char err[512] = "";
+        int rc = load(&c, buf, 0, NULL, err, sizeof err);
+        if (rc == 0) ap_config_free(&c);
+        else if (rc != -1 || !err[0]) bad++;
+        else errors++;
+    }
+    ok(bad == 0 && errors > 100, "400 mutated recipes: each loads or fails with a message (%d failed cleanly)", errors);
+}
+
 static void test_reference(void) {
     char *buf = NULL;
     size_t len = 0;
@@ -412,6 +457,7 @@ int main(void) {
     test_guide_recipe();
     test_model();
     test_from_args();
+    test_fuzz();
     test_reference();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

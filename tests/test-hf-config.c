@@ -92,6 +92,9 @@ static void test_windows(void) {
        "qwen2 max_window_layers >= layers: no layer slides");
     ok(parse(&c, "{\"model_type\": \"qwen2\", \"sliding_window\": 64}") == 0 && c.sliding_window == 0,
        "qwen2 sliding_window without use_sliding_window is ignored (as in Qwen2Config)");
+    ok(parse(&c, "{\"model_type\": \"qwen2\", \"use_sliding_window\": true, \"max_window_layers\": 0,"
+                 " \"sliding_window\": null}") == 0 && c.sliding_window == 0,
+       "qwen2 use_sliding_window with a null window: full attention");
     rejects("{\"model_type\": \"qwen2\", \"num_hidden_layers\": 4, \"use_sliding_window\": true,"
             " \"max_window_layers\": 2}", "per-layer", "qwen2 window on some layers only");
     rejects("{\"model_type\": \"qwen3\", \"num_hidden_layers\": 2, \"use_sliding_window\": true,"
@@ -183,7 +186,39 @@ static void test_roundtrip(void) {
     rmdir(dir);
 }
 
+/* config.json files written by transformers 5.24's save_pretrained (the parity fixtures). */
+static void test_fixture_configs(void) {
+    const char *top = getenv("top_srcdir");
+    char path[1024];
+    ap_model_config c;
+    struct { const char *name; enum ap_model_type t; int tie, kv, hd, window; enum ap_rope_scaling rope; } fx[] = {
+        {"llama", AP_MODEL_LLAMA, 0, 2, 8, 0, AP_ROPE_DEFAULT},
+        {"llama_tied", AP_MODEL_LLAMA, 1, 2, 8, 0, AP_ROPE_DEFAULT},
+        {"llama_rope3", AP_MODEL_LLAMA, 1, 2, 8, 0, AP_ROPE_LLAMA3},
+        {"llama_bf16", AP_MODEL_LLAMA, 0, 1, 8, 0, AP_ROPE_DEFAULT},
+        {"mistral", AP_MODEL_MISTRAL, 0, 2, 8, 5, AP_ROPE_DEFAULT},
+        {"qwen2", AP_MODEL_QWEN2, 1, 2, 8, 0, AP_ROPE_LINEAR},
+        {"qwen3", AP_MODEL_QWEN3, 0, 2, 16, 0, AP_ROPE_DEFAULT},
+        {"gemma", AP_MODEL_GEMMA, 1, 1, 16, 0, AP_ROPE_DEFAULT},
+    };
+    for (size_t i = 0; i < sizeof fx / sizeof *fx; i++) {
+        snprintf(path, sizeof path, "%s/tests/fixtures/hf/%s", top ? top : "..", fx[i].name);
+        int rv = ap_hf_config_read(&c, path, err, sizeof err);
+        ok(rv == 0 && c.model_type == fx[i].t && c.tie_word_embeddings == fx[i].tie && c.vocab_size == 64 &&
+           c.hidden_size == 32 && c.num_attention_heads == 4 && c.num_key_value_heads == fx[i].kv &&
+           c.head_dim == fx[i].hd && c.sliding_window == fx[i].window && c.rope_scaling == fx[i].rope,
+           "fixture %s: config.json from transformers 5.24 %s", fx[i].name, rv ? err : "");
+    }
+    snprintf(path, sizeof path, "%s/tests/fixtures/hf/llama_rope3", top ? top : "..");
+    ok(ap_hf_config_read(&c, path, err, sizeof err) == 0 && c.rope_factor == 4 && c.rope_low_freq_factor == 1 &&
+       c.rope_high_freq_factor == 4 && c.rope_original_max_position_embeddings == 16 && c.rope_theta == 10000,
+       "llama3 rope_parameters as transformers 5 writes them");
+    snprintf(path, sizeof path, "%s/tests/fixtures/hf/qwen3", top ? top : "..");
+    ok(ap_hf_config_read(&c, path, err, sizeof err) == 0 && c.rope_theta == 1e6 && c.qk_norm, "qwen3 rope_theta 1e6");
+}
+
 int main(void) {
+    test_fixture_configs();
     test_defaults();
     test_rope();
     test_windows();

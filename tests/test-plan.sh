@@ -10,6 +10,7 @@ has() { grep -qF -- "$1" "$tmp/out"; }
 
 "$A" plan > "$tmp/out" 2>&1; rc=$?
 t "plan without a file: the built-in config (pp 2) exits 0" '[ $rc -eq 0 ] && has "mesh: pp 2 x dp 1 x tp 1 = 2 ranks" && has "Stage 0 (first): layers 0-1" && has "Stage 1 (last): layers 2-3"'
+t "microbatch count from batch_size / pp_microbatch_size" 'has "microbatches: dataloader.batch_size 8 / pp_microbatch_size 1 = 8 per step per dp rank"'
 t "built-in stages: embed first, norm and lm_head last, 50% each" 'has "  - model.embed_tokens" && has "  - lm_head" && [ $(grep -c "(50.0%)" "$tmp/out") -eq 2 ]'
 
 "$A" plan --distributed.pp_size 2 --model.num_hidden_layers 32 > "$tmp/out" 2>&1
@@ -24,7 +25,8 @@ t "mesh 2x2x2: dp groups" 'has "dp groups (4 x 2 ranks): [0 2] [1 3] [4 6] [5 7]
 t "mesh 2x2x2: tp groups" 'has "tp groups (4 x 2 ranks): [0 1] [2 3] [4 5] [6 7]"'
 t "mesh 2x2x2: global ranks of each pp rank" 'has "pp rank 0 (global ranks 0-3): stage 0" && has "pp rank 1 (global ranks 4-7): stage 1"'
 
-"$A" plan --distributed.pp_size 4 --model.num_hidden_layers 32 --autopipeline.pp_schedule zbv > "$tmp/out" 2>&1
+"$A" plan --distributed.pp_size 4 --model.num_hidden_layers 32 --autopipeline.pp_schedule zbv --dataloader.batch_size 4 > "$tmp/out" 2>&1
+t "fewer microbatches than stages: bubble warning" 'has "fewer than the stages"'
 t "zbv: V placement, rank 0 holds stages 0 and 7" 'has "zbv (multi-stage, v placement): 8 stages, 2 per pp rank" && has "pp rank 0 (global rank 0): stages 0 7" && has "pp rank 3 (global rank 3): stages 3 4"'
 "$A" plan --distributed.pp_size 4 --model.num_hidden_layers 32 --autopipeline.pp_schedule interleaved_1f1b --autopipeline.layers_per_stage 4 > "$tmp/out" 2>&1
 t "guide: layers_per_stage 4 of 32 on pp 4 is 8 stages, loop placement (0, 4)" 'has "8 stages, 2 per pp rank" && has "pp rank 0 (global rank 0): stages 0 4"'
@@ -58,6 +60,12 @@ t "bad --max-modules: exit 2" '[ $rc -eq 2 ] && has "--max-modules"'
 t "stray argument: exit 2" '[ $rc -eq 2 ] && has "unexpected argument"'
 "$A" plan --config "$tmp/missing.yaml" > "$tmp/out" 2>&1; rc=$?
 t "missing config file: exit 2" '[ $rc -eq 2 ] && has "missing.yaml"'
+mkdir -p "$tmp/hf"
+printf '{"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": true}\n' > "$tmp/hf/config.json"
+"$A" plan --model.pretrained_model_name_or_path "$tmp/hf" --model._target_ nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained > "$tmp/out" 2>&1; rc=$?
+t "from_pretrained: layers and shapes from the directory's config.json" '[ $rc -eq 0 ] && has "model: llama, 6 layers, hidden 32, heads 4 (kv 2, head_dim 8), vocab 100: 58,912 parameters (tied embeddings)" && has "Stage 1 (last): layers 3-5"'
+"$A" plan --model.pretrained_model_name_or_path "$tmp/nohf" > "$tmp/out" 2>&1; rc=$?
+t "from_pretrained: a missing directory is a clear error" '[ $rc -eq 2 ] && has "nohf"'
 t "plan --help lists the config keys" '"$A" plan --help | grep -q "num_hidden_layers=4"'
 t "autopipe help plan" '"$A" help plan | grep -q "usage: autopipe plan"'
 t "autopipe help lists plan and config" '"$A" help | grep -q "^  plan " && "$A" help | grep -q "^  config "'

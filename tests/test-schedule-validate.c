@@ -102,6 +102,28 @@ int main(void) {
              2, 2) < 0 &&
            strstr(err, "deadlock") && has_grid(),
        "lowered cycle reported as deadlock: %.80s", err);
+    /* stricter runtimes: fine with nonblocking sends and receives, not with blocking ones */
+    {
+        const char *ss = "0F0,0SEND_F0,0F1,0SEND_F1,0RECV_B0,0RECV_B1,0B0,0B1\n"
+                         "1RECV_F0,1F0,1B0,1SEND_B0,1RECV_F1,1F1,1B1,1SEND_B1\n";
+        const char *rr = "0F0,0SEND_F0,0RECV_B0,0F1,0SEND_F1,0RECV_B1,0B0,0B1\n"
+                         "1RECV_F0,1RECV_F1,1F0,1B0,1SEND_B0,1F1,1B1,1SEND_B1\n";
+        ap_schedule *a = NULL, *b = NULL;
+        ap_schedule_parse_csv(&a, ss, strlen(ss), "ss.csv", 2, 2, err, sizeof err);
+        ap_schedule_parse_csv(&b, rr, strlen(rr), "rr.csv", 2, 2, err, sizeof err);
+        ok(ap_schedule_validate(a, err, sizeof err) == 0 && ap_schedule_validate(b, err, sizeof err) == 0,
+           "both orders are deadlock-free with nonblocking sends and receives");
+        ok(ap_schedule_validate_ex(a, AP_VALIDATE_BLOCKING_SENDS, err, sizeof err) < 0 &&
+               strstr(err, "0SEND_F1 waits for rank 1 to post 1RECV_F1") &&
+               ap_schedule_validate_ex(a, AP_VALIDATE_BLOCKING_RECVS, err, sizeof err) == 0,
+           "late receive post deadlocks blocking sends only: %.100s", err);
+        ok(ap_schedule_validate_ex(b, AP_VALIDATE_BLOCKING_RECVS, err, sizeof err) < 0 &&
+               strstr(err, "1RECV_F1 waits for rank 0 to send 0SEND_F1") &&
+               ap_schedule_validate_ex(b, AP_VALIDATE_BLOCKING_SENDS, err, sizeof err) == 0,
+           "early receive deadlocks blocking receives only: %.100s", err);
+        ap_schedule_free(a);
+        ap_schedule_free(b);
+    }
     /* send between stages on one rank (the tip of a V) */
     ok(check("0F0,0SEND_F0,1F0,1B0,0B0\n", 1, 1) < 0 && strstr(err, "no neighbour on another rank"),
        "send between stages on the same rank rejected: %.80s", err);

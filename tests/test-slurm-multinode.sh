@@ -43,6 +43,10 @@ JOB
 t "a 2-node batch job with #SBATCH --pp-size=2 puts its stages on both nodes" \
   '[ $rc -eq 0 ] && [ "$(cat "$d/job.out")" = "$(printf "0 n1 pp=0 dp=0 local=0\n1 n2 pp=1 dp=0 local=0")" ]'
 
+# The 2 x 4-task template, with 1 CPU per task to fit these 8-CPU nodes.
+(cd "$d" && timeout 60 sbatch --test-only --cpus-per-task=1 "$top_srcdir/jobs/pretrain-multi-node.sbatch" >"$d/out" 2>&1); rc=$?
+t "jobs/pretrain-multi-node.sbatch: accepted on 2 nodes (sbatch --test-only)" '[ $rc -eq 0 ] && grep -q "to start at" "$d/out"'
+
 [ $fail -eq 0 ] || { cluster_dump; echo "# last stderr:"; sed "s/^/#   /" "$d/err" | tail -20; }
 echo "1..$n"
 exit $fail

@@ -84,6 +84,11 @@ t "sbatch --pp-size=x is refused at submission" '[ $rc -ne 0 ] && grep -q "autop
 timeout 60 salloc --immediate=30 --pp-size=2 -n 4 srun printenv AUTOPIPE_DP_SIZE >"$d/out" 2>"$d/err"; rc=$?
 t "salloc --pp-size=2 -n 4 srun ...: dp 2" '[ $rc -eq 0 ] && [ "$(sort -u "$d/out")" = "2" ]'
 
+for j in pretrain-single-node finetune-hf preemptible inspect-checkpoint; do
+  (cd "$d" && timeout 60 sbatch --test-only "$top_srcdir/jobs/$j.sbatch" >"$d/out" 2>&1); rc=$?
+  t "jobs/$j.sbatch: its #SBATCH lines are accepted (sbatch --test-only)" '[ $rc -eq 0 ] && grep -q "to start at" "$d/out"'
+done
+
 # ---- plugstack.conf arguments (read by every srun) ----
 plugin=$(cluster_plugin)
 echo "required $plugin max_pp=2 default_tp=2" >"$d/plugstack.conf"
@@ -96,6 +101,18 @@ for a in bogus=1 max_pp=0 max_pp=x max_pp; do
   S -n 1 true >"$d/out" 2>&1; rc=$?
   t "plugstack argument '$a' makes the plugin refuse to load" '[ $rc -ne 0 ] && grep -q "autopipe: .*; the plugin is not loaded" "$d/out"'
 done
+# srun sees good arguments, the node bad ones (a site half-way through an
+# edit): tasks using the flags fail with a message, others run, no drain.
+echo "required $plugin" >"$d/plugstack.good"
+sed "s|^PlugStackConfig=.*|PlugStackConfig=$d/plugstack.good|" "$SLURM_CONF" >"$d/client.conf"
+echo "required $plugin bogus=1" >"$d/plugstack.conf"
+SLURM_CONF="$d/client.conf" S --pp-size=1 -n 1 touch "$d/ran" >"$d/out" 2>&1; rc=$?
+t "bad arguments on the node only: the task fails in task_init with the reason" \
+  '[ $rc -ne 0 ] && grep -q "autopipe: this node.s plugstack.conf arguments for spank_autopipe.so are invalid" "$d/out" && [ ! -e "$d/ran" ]'
+SLURM_CONF="$d/client.conf" S -n 1 echo noflags >"$d/out" 2>&1; rc=$?
+t "... a step without the flags still runs there" '[ $rc -eq 0 ] && grep -qx noflags "$d/out"'
+t "... and the node is not drained" '! sinfo -h -N -o %T | grep -q -i drain'
+
 echo "required $plugin" >"$d/plugstack.conf"
 S --pp-size=2 -n 2 true >"$d/out" 2>&1; rc=$?
 t "restored plugstack.conf works again" '[ $rc -eq 0 ]'

@@ -32,7 +32,7 @@ static int layers_are(const ap_split *sp, const int *sizes) {
 static void test_schedule_names(void) {
     struct { const char *name; ap_pp_schedule want; } cases[] = {
         {"gpipe", AP_PP_GPIPE}, {"GPipe", AP_PP_GPIPE}, {"1f1b", AP_PP_1F1B}, {"1F1B", AP_PP_1F1B},
-        {"Schedule1F1B", AP_PP_1F1B}, {"interleaved_1f1b", AP_PP_INTERLEAVED_1F1B},
+{"interleaved_1f1b", AP_PP_INTERLEAVED_1F1B},
         {"Interleaved1F1B", AP_PP_INTERLEAVED_1F1B}, {"looped_bfs", AP_PP_LOOPED_BFS},
         {"LoopedBFS", AP_PP_LOOPED_BFS}, {"interleaved_zb", AP_PP_INTERLEAVED_ZB},
         {"InterleavedZeroBubble", AP_PP_INTERLEAVED_ZB}, {"zbv", AP_PP_ZBV}, {"ZBVZeroBubble", AP_PP_ZBV},
@@ -124,6 +124,7 @@ static void test_auto(void) {
         {"more stages than layers", "number of stages (8) cannot exceed number of layers (4)",
          {"--distributed.pp_size", "4", "--autopipeline.pp_schedule", "interleaved_1f1b"}, 4},
         {"unknown schedule name", "unknown schedule 'onef1b'", {"--autopipeline.pp_schedule", "onef1b"}, 2},
+        {"csv schedule without a file", "needs autopipeline.pp_schedule_csv", {"--autopipeline.pp_schedule", "csv"}, 2},
         {"layers_per_stage and stages_per_rank together", "both set",
          {"--autopipeline.layers_per_stage", "2", "--autopipeline.stages_per_rank", "2"}, 4},
     };

@@ -3,6 +3,8 @@
  * GemmaConfig (checked against transformers 5.24). */
 #include "trainer/hf_config.h"
 
+#include "launcher/config.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -229,6 +231,8 @@ static int read_qwen_window(const reader *r, ap_model_config *c) {
     if (get_bool(r, NULL, "use_sliding_window", &use) || get_int(r, NULL, "sliding_window", &window, 1, 1L << 30) ||
         get_int(r, NULL, "max_window_layers", &max_window_layers, 0, 1L << 30))
         return -1;
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(r->root, "sliding_window");
+    if (sw && cJSON_IsNull(sw)) use = 0; /* Qwen2Config: a null window makes every layer full attention */
     int n = c->num_hidden_layers, n_sliding = 0;
     const cJSON *lt = get(r, NULL, "layer_types");
     if (lt) {
@@ -515,4 +519,16 @@ int ap_hf_config_write(const ap_model_config *c, const char *dir, char *err, siz
         return fail(err, errlen, "%s: write failed: %s", path, strerror(e));
     }
     return 0;
+}
+
+/* ---- model.pretrained_model_name_or_path: the launcher's config reads an HF
+ * directory through this hook (launcher/config.h), installed when this file
+ * is linked in, so the launcher does not depend on the trainer. ---- */
+
+int ap_hf_config_reader(const char *dir, ap_model_config *mc, char *err, size_t errlen) {
+    return ap_hf_config_read(mc, dir, err, errlen);
+}
+
+__attribute__((constructor)) static void install_pretrained_reader(void) {
+    ap_config_set_pretrained_reader(ap_hf_config_reader);
 }

@@ -46,4 +46,8 @@ char *ap_hf_config_to_json(const ap_model_config *cfg, char *err, size_t errlen)
 /* Writes config.json into directory `dir` (through a temporary file and rename). */
 int ap_hf_config_write(const ap_model_config *cfg, const char *dir, char *err, size_t errlen);
 
+/* ap_hf_config_read with the argument order of launcher/config.h's
+ * ap_pretrained_reader_fn; installed as that hook when this file is linked. */
+int ap_hf_config_reader(const char *dir, ap_model_config *mc, char *err, size_t errlen);
+
 #endif

@@ -66,8 +66,10 @@ void ap_metrics_step(ap_metrics *m, const ap_step_metrics *s) {
         char mfu[32];
         if (s->mfu >= 0) snprintf(mfu, sizeof mfu, "%.2f%%", 100 * s->mfu);
         else snprintf(mfu, sizeof mfu, "n/a");
-        fprintf(m->out, "step %ld/%ld | loss %.4f | grad_norm %.4f | lr %.3e | %.0f tok/s | MFU %s | peak RSS %.0f MiB\n",
-                s->step, s->max_steps, s->loss, s->grad_norm, s->lr, s->tokens_per_s, mfu, s->peak_rss_mib);
+        char bub[32] = "";
+        if (s->bubble >= 0) snprintf(bub, sizeof bub, " | bubble %.1f%%", 100 * s->bubble);
+        fprintf(m->out, "step %ld/%ld | loss %.4f | grad_norm %.4f | lr %.3e | %.0f tok/s | MFU %s | peak RSS %.0f MiB%s\n",
+                s->step, s->max_steps, s->loss, s->grad_norm, s->lr, s->tokens_per_s, mfu, s->peak_rss_mib, bub);
     }
     if (m->jsonl) {
         fprintf(m->jsonl, "{\"step\": %ld, ", s->step);
@@ -78,6 +80,7 @@ void ap_metrics_step(ap_metrics *m, const ap_step_metrics *s) {
         jnum(m->jsonl, "mfu", s->mfu, 0);
         jnum(m->jsonl, "step_time_s", s->step_time_s, 0);
         fprintf(m->jsonl, "\"label_tokens\": %ld, ", s->label_tokens);
+        if (s->bubble >= 0) jnum(m->jsonl, "bubble", s->bubble, 0);
         jnum(m->jsonl, "peak_rss_mib", s->peak_rss_mib, 1);
         fputs("}\n", m->jsonl);
         fflush(m->jsonl);

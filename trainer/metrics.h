@@ -19,6 +19,7 @@ typedef struct {
     double step_time_s;
     double peak_rss_mib;
     long label_tokens;        /* label tokens of the step (the loss's denominator) */
+    double bubble;            /* measured pipeline bubble fraction; < 0 when not measured */
 } ap_step_metrics;
 
 typedef struct {

@@ -7,7 +7,13 @@
 #include <string.h>
 
 #include "launcher/commands.h"
+#include "trainer/hf_config.h"
 #include "trainer/param_count.h"
+
+/* model.pretrained_model_name_or_path: the directory's config.json. */
+static int read_pretrained(const char *dir, ap_model_config *mc, char *err, size_t errlen) {
+    return ap_hf_config_read(mc, dir, err, errlen);
+}
 
 /* 1234567 -> "1,234,567" */
 static const char *commas(long long v, char *buf, size_t len) {
@@ -69,6 +75,10 @@ int ap_plan_print(FILE *f, const ap_config *cfg, const ap_model_config *mc, cons
             ap_pp_schedule_name(sp->schedule), cfg->autopipeline.pp_schedule_csv ? " + CSV" : "",
             sp->single_stage ? "single-stage" : "multi-stage", sp->style == AP_STYLE_V ? "v" : "loop",
             sp->num_stages, sp->num_stages == 1 ? "" : "s", sp->stages_per_rank, sp->manual ? "manual" : "automatic");
+    int mb = cfg->dataloader.batch_size / cfg->autopipeline.pp_microbatch_size;
+    fprintf(f, "microbatches: dataloader.batch_size %d / pp_microbatch_size %d = %d per step per dp rank%s\n",
+            cfg->dataloader.batch_size, cfg->autopipeline.pp_microbatch_size, mb,
+            mb < sp->num_stages ? " (fewer than the stages: expect a large pipeline bubble)" : "");
     int *ids = malloc(sizeof *ids * (size_t)sp->stages_per_rank);
     if (!ids) return -1;
     int stride = m.size[1] * m.size[2];
@@ -161,6 +171,7 @@ int ap_cmd_plan(int argc, char **argv) {
         goto out;
     }
     ap_model_config mc;
+    ap_config_set_pretrained_reader(read_pretrained);
     if (ap_config_model(&cfg, &mc, err, sizeof err) || ap_split_plan(&cfg, &mc, &sp, err, sizeof err)) {
         fprintf(stderr, "autopipe plan: %s\n", err);
         goto out;

@@ -1,59 +1,35 @@
 /* split.c - the model split and the stage placement; see split.h. */
 #include "trainer/split.h"
+#include "trainer/schedule/schedule.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const struct {
-    ap_pp_schedule s;
-    const char *name, *alias1, *alias2; /* compared lowercased, without '_' */
-} sched_names[] = {
-    {AP_PP_GPIPE, "gpipe", "schedulegpipe", NULL},
-    {AP_PP_1F1B, "1f1b", "schedule1f1b", NULL},
-    {AP_PP_INTERLEAVED_1F1B, "interleaved_1f1b", "scheduleinterleaved1f1b", NULL},
-    {AP_PP_LOOPED_BFS, "looped_bfs", "scheduleloopedbfs", NULL},
-    {AP_PP_INTERLEAVED_ZB, "interleaved_zb", "interleavedzerobubble", "scheduleinterleavedzerobubble"},
-    {AP_PP_ZBV, "zbv", "zbvzerobubble", "schedulezbvzerobubble"},
-};
-#define NSCHED (sizeof sched_names / sizeof *sched_names)
-
-static void squash(const char *in, char *out, size_t len) {
-    size_t k = 0;
-    for (; *in && k + 1 < len; in++)
-        if (*in != '_' && *in != '-') out[k++] = (char)tolower((unsigned char)*in);
-    out[k] = 0;
-}
+/* One list of names for the whole program: the schedule module's. */
+_Static_assert((int)AP_PP_GPIPE == (int)AP_SCHED_GPIPE && (int)AP_PP_1F1B == (int)AP_SCHED_1F1B &&
+                   (int)AP_PP_INTERLEAVED_1F1B == (int)AP_SCHED_INTERLEAVED_1F1B &&
+                   (int)AP_PP_LOOPED_BFS == (int)AP_SCHED_LOOPED_BFS &&
+                   (int)AP_PP_INTERLEAVED_ZB == (int)AP_SCHED_INTERLEAVED_ZB &&
+                   (int)AP_PP_ZBV == (int)AP_SCHED_ZBV && (int)AP_PP_CSV == (int)AP_SCHED_CSV,
+               "ap_pp_schedule mirrors ap_sched_kind");
 
 int ap_pp_schedule_parse(const char *name, ap_pp_schedule *out, char *err, size_t errlen) {
-    char want[64], cand[64];
-    if (!name || strlen(name) >= sizeof want) goto bad;
-    squash(name, want, sizeof want);
-    for (size_t i = 0; i < NSCHED; i++) {
-        const char *names[3] = {sched_names[i].name, sched_names[i].alias1, sched_names[i].alias2};
-        for (int j = 0; j < 3; j++) {
-            if (!names[j]) continue;
-            squash(names[j], cand, sizeof cand);
-            if (!strcmp(want, cand)) {
-                *out = sched_names[i].s;
-                return 0;
-            }
-        }
+    ap_sched_kind k;
+    if (name && !ap_schedule_parse_name(name, &k)) {
+        *out = (ap_pp_schedule)k;
+        return 0;
     }
-bad:
     snprintf(err, errlen,
              "autopipeline.pp_schedule: unknown schedule '%s' (expected gpipe, 1f1b, interleaved_1f1b, "
-             "looped_bfs, interleaved_zb or zbv; PyTorch spellings like Interleaved1F1B work too)",
+             "looped_bfs, interleaved_zb or zbv, or PyTorch's GPipe, 1F1B, Interleaved1F1B, LoopedBFS, "
+             "InterleavedZeroBubble, ZBVZeroBubble; csv with autopipeline.pp_schedule_csv)",
              name ? name : "null");
     return -1;
 }
 
-const char *ap_pp_schedule_name(ap_pp_schedule s) {
-    for (size_t i = 0; i < NSCHED; i++)
-        if (sched_names[i].s == s) return sched_names[i].name;
-    return "?";
-}
+const char *ap_pp_schedule_name(ap_pp_schedule s) { return ap_schedule_kind_name((int)s); }
 
 int ap_pp_schedule_is_single(ap_pp_schedule s) { return s == AP_PP_GPIPE || s == AP_PP_1F1B; }
 
@@ -236,7 +212,12 @@ int ap_split_plan(const ap_config *cfg, const ap_model_config *mc, ap_split *out
     if (ap_pp_schedule_parse(a->pp_schedule, &out->schedule, err, errlen)) return -1;
     out->single_stage = ap_pp_schedule_is_single(out->schedule);
     out->style = ap_pp_schedule_style(out->schedule);
-    if (a->pp_schedule_csv) { /* the CSV decides the order; placement is loop-style */
+    if (out->schedule == AP_PP_CSV && !a->pp_schedule_csv) {
+        snprintf(err, errlen, "autopipeline.pp_schedule %s needs autopipeline.pp_schedule_csv (a CSV file)",
+                 a->pp_schedule);
+        return -1;
+    }
+    if (a->pp_schedule_csv || out->schedule == AP_PP_CSV) { /* the CSV decides the order */
         out->single_stage = !a->has_stages_per_rank || a->stages_per_rank == 1;
         out->style = AP_STYLE_LOOP;
     }

@@ -23,10 +23,12 @@ typedef enum {
     AP_PP_LOOPED_BFS,
     AP_PP_INTERLEAVED_ZB,
     AP_PP_ZBV,
+    AP_PP_CSV, /* "csv": the order comes from autopipeline.pp_schedule_csv */
 } ap_pp_schedule;
 
-/* Case-insensitive, guide and PyTorch spellings ("1f1b", "Interleaved1F1B",
- * "ScheduleZBVZeroBubble", "interleaved_zb"). 0, or -1 with the known names in err. */
+/* The schedule module's names (ap_schedule_parse_name: case-insensitive,
+ * guide and PyTorch spellings, "1f1b", "Interleaved1F1B", "ZBVZeroBubble").
+ * 0, or -1 with the known names in err. */
 int ap_pp_schedule_parse(const char *name, ap_pp_schedule *out, char *err, size_t errlen);
 const char *ap_pp_schedule_name(ap_pp_schedule s);    /* "1f1b" */
 int ap_pp_schedule_is_single(ap_pp_schedule s);       /* gpipe, 1f1b: one stage per rank */

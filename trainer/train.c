@@ -1,6 +1,7 @@
 /* train.c - the training loop over an ap_step_engine (see train.h). */
 #include "trainer/train.h"
 
+#include "kernels/kernels.h"
 #include "trainer/metrics.h"
 
 #include <math.h>
@@ -57,7 +58,7 @@ static int reduce(ap_step_engine *e, double *v, int n, int op_max, enum ap_reduc
     return e->allreduce ? e->allreduce(e, v, n, op_max, scope, err, errlen) : 0;
 }
 
-/* ---- AdamW (torch.optim.AdamW) over each stage's flat buffers ---- */
+/* ---- AdamW state (the update is kernels' ap_adamw_update, torch.optim.AdamW semantics) ---- */
 
 typedef struct {
     float *m, *v;        /* (n_params) each */
@@ -82,38 +83,6 @@ static void adam_free(adam_state *a) {
     free(a->m);
     free(a->v);
     free(a->decay);
-}
-
-/* p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
- * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), g = grad * scale. */
-static void adam_update(float *p, float *m, float *v, const float *grad, const uint8_t *decay, size_t n, float scale,
-                        long t, const ap_train_opts *o, double lr) {
-    float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
-    float bc1 = (float)(1.0 - pow(o->beta1, (double)t)), bc2_sqrt = (float)sqrt(1.0 - pow(o->beta2, (double)t));
-    float step = (float)lr / bc1, shrink = (float)(1.0 - lr * o->weight_decay);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = grad[i] * scale;
-        if (decay[i]) p[i] *= shrink;
-        m[i] = b1 * m[i] + (1.0f - b1) * g;
-        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
-        p[i] -= step * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
-    }
-}
-
-static double sumsq(const float *x, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
-    return s;
-}
-
-static double absmax(const float *x, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) {
-        double a = fabs((double)x[i]);
-        if (a > s || a != a) s = a;
-    }
-    return s;
 }
 
 /* ---- checkpoint call sites (the checkpoint part installs the hooks) ---- */
@@ -271,9 +240,12 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         double gn[1] = {0};
         for (int i = 0; i < e->n_stages; i++) {
             const ap_stage *s = e->stages[i];
-            if (o->norm_inf) gn[0] = fmax(gn[0], absmax(s->grads, s->n_params));
-            else gn[0] += sumsq(s->grads, s->n_params);
-            if (isnan(gn[0])) break;
+            if (o->norm_inf) {
+                double a = (double)ap_absmax(s->grads, s->n_params);
+                gn[0] = isnan(a) || isnan(gn[0]) ? NAN : fmax(gn[0], a); /* fmax would drop a NaN */
+            } else {
+                gn[0] += ap_sumsq(s->grads, s->n_params);
+            }
         }
         if (reduce(e, gn, 1, o->norm_inf, AP_REDUCE_MODEL, err, errlen) < 0) goto done;
         double norm = o->norm_inf ? gn[0] : sqrt(gn[0]);
@@ -297,9 +269,11 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
             if (c < 1) scale = (float)c;
         }
         double lr = ap_lr_at(&o->lr, step);
+        ap_adamw_hparams hp = {(float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps, (float)o->weight_decay};
         for (int i = 0; i < e->n_stages; i++) {
             ap_stage *s = e->stages[i];
-            adam_update(s->params, adam[i].m, adam[i].v, s->grads, adam[i].decay, s->n_params, scale, step + 1, o, lr);
+            ap_adamw_update(s->params, adam[i].m, adam[i].v, s->grads, s->n_params, adam[i].decay, scale, step + 1,
+                            &hp);
         }
         res->steps = step + 1;
 
@@ -309,7 +283,7 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         ap_step_metrics sm = {step + 1, o->max_steps, loss, norm, lr, tps,
                               o->flops_per_token > 0 && o->peak_flops > 0 ? o->flops_per_token * tps / o->peak_flops
                                                                          : -1,
-                              dt, ap_peak_rss_mib(), n_label};
+                              dt, ap_peak_rss_mib(), n_label, e->bubble ? e->bubble(e) : -1};
         if (o->is_log_rank && !o->quiet) ap_metrics_step(&met, &sm);
 
         /* 6. validation and checkpoints */

@@ -56,6 +56,10 @@ struct ap_step_engine {
                      size_t errlen);
     ap_stage **stages; /* the stages this process updates */
     int n_stages;
+    /* The measured pipeline bubble of the last step (time blocked on
+     * receives / step time, the largest over the ranks); called on every rank
+     * once per step after sync_grads. NULL: not measured (one process). */
+    double (*bubble)(ap_step_engine *e);
     void *impl;
 };
 

@@ -9,6 +9,7 @@
 #include "trainer/generate.h"
 #include "trainer/llama.h"
 #include "trainer/metrics.h"
+#include "trainer/pipeline.h"
 #include "trainer/tokenizer.h"
 
 #include <getopt.h>
@@ -103,9 +104,11 @@ static double now_s(void) {
 
 int ap_train_main(const ap_config *cfg) {
     char err[1024];
-    if (cfg->distributed.pp_size * cfg->distributed.dp_size * cfg->distributed.tp_size != 1) {
-        fprintf(stderr, "autopipe train: pp_size %d x dp_size %d x tp_size %d needs several processes: start it "
-                        "with mpirun or srun (one process runs pp_size = dp_size = tp_size = 1)\n",
+    if (!ap_pipeline_wanted(cfg) &&
+        cfg->distributed.pp_size * cfg->distributed.dp_size * cfg->distributed.tp_size != 1) {
+        fprintf(stderr, "autopipe train: distributed.pp_size %d x dp_size %d x tp_size %d needs that many processes "
+                        "(mpirun/srun); to train on this one process add --distributed.pp_size 1 "
+                        "--distributed.dp_size 1 --distributed.tp_size 1\n",
                 cfg->distributed.pp_size, cfg->distributed.dp_size, cfg->distributed.tp_size);
         return AP_EXIT_USAGE;
     }
@@ -134,43 +137,70 @@ int ap_train_main(const ap_config *cfg) {
     }
     int rv = AP_EXIT_FAIL;
     ap_stage *s = NULL;
+    ap_pipeline *pl = NULL; /* several processes: this rank's stages run the pipeline schedule */
+    FILE *out = stdout;     /* under the pipeline only the log rank reports */
+    ap_train_result res = {0};
     ap_loader loader = {0};
     int L = mc.num_hidden_layers;
-    if (ap_llama_stage_create(&s, &mc, 0, L, 1, 1, mb, T, 1, cfg->model.activation_checkpointing, err, sizeof err) < 0)
-        goto fail;
     const char *pre = cfg->model.pretrained_model_name_or_path;
-    if (pre) {
-        if (ap_model_dir_load(s, pre, err, sizeof err) < 0) goto fail;
+    size_t n_params;
+    if (ap_pipeline_wanted(cfg)) {
+        int usage;
+        if (ap_pipeline_create(&pl, cfg, &mc, pre, &usage, err, sizeof err) < 0) {
+            fprintf(stderr, "autopipe train: %s\n", err);
+            ap_dataset_free(tr);
+            ap_dataset_free(va);
+            return usage ? AP_EXIT_USAGE : AP_EXIT_FAIL;
+        }
+        n_params = ap_pipeline_param_count(pl);
     } else {
-        ap_llama_init_params(s, (uint64_t)cfg->rng.seed);
+        if (ap_llama_stage_create(&s, &mc, 0, L, 1, 1, mb, T, 1, cfg->model.activation_checkpointing, err,
+                                  sizeof err) < 0)
+            goto fail;
+        if (pre) {
+            if (ap_model_dir_load(s, pre, err, sizeof err) < 0) goto fail;
+        } else {
+            ap_llama_init_params(s, (uint64_t)cfg->rng.seed);
+        }
+        n_params = s->n_params;
     }
     if (ap_loader_init(&loader, tr, cfg->dataloader.shuffle, (uint64_t)cfg->rng.seed, err, sizeof err) < 0) goto fail;
     ap_train_opts o;
     ap_train_opts_from_config(&o, cfg, &mc, threads);
-    printf("model: %s, %d layers, hidden %d, vocab %d, %.2fM parameters (%s)\n",
-           ap_config_enum_name("model", "model_type", (int)mc.model_type), L, mc.hidden_size, mc.vocab_size,
-           (double)s->n_params / 1e6, pre ? pre : "random init");
-    printf("data: %s: %zu train samples, %zu validation samples of %d tokens\n", ap_dataset_path(tr),
-           ap_dataset_len(tr), va ? ap_dataset_len(va) : (size_t)0, T);
-    printf("steps: %ld x (%d accumulated x batch %d = %d microbatches of %d), %d thread%s\n", o.max_steps,
-           o.grad_acc_steps, o.batch_size, o.batch_size / mb, mb, threads, threads == 1 ? "" : "s");
-    fflush(stdout);
-    ap_step_engine e;
-    ap_step_engine_single(&e, &s);
-    ap_train_result res;
+    if (pl) ap_pipeline_set_opts(pl, &o);
+    if (!o.is_log_rank && !(out = fopen("/dev/null", "w"))) out = stdout;
+    fprintf(out, "model: %s, %d layers, hidden %d, vocab %d, %.2fM parameters (%s)\n",
+            ap_config_enum_name("model", "model_type", (int)mc.model_type), L, mc.hidden_size, mc.vocab_size,
+            (double)n_params / 1e6, pre ? pre : "random init");
+    fprintf(out, "data: %s: %zu train samples, %zu validation samples of %d tokens\n", ap_dataset_path(tr),
+            ap_dataset_len(tr), va ? ap_dataset_len(va) : (size_t)0, T);
+    fprintf(out, "steps: %ld x (%d accumulated x batch %d x dp %d = %d microbatches of %d), %d thread%s\n",
+            o.max_steps, o.grad_acc_steps, o.batch_size, o.dp_size, o.batch_size / mb, mb, threads,
+            threads == 1 ? "" : "s");
+    fflush(out);
+    ap_step_engine e1, *e = &e1;
+    if (pl) e = ap_pipeline_get_engine(pl);
+    else ap_step_engine_single(&e1, &s);
     double t0 = now_s();
-    if (ap_train_loop(&o, &e, &loader, va, cfg, &res, err, sizeof err) < 0) goto fail;
-    printf("done: %ld steps in %.1f s, loss %.4f -> %.4f", res.steps, now_s() - t0, res.first_loss, res.last_loss);
-    if (!isnan(res.last_val_loss)) printf(", val_loss %.4f", res.last_val_loss);
-    printf(", peak RSS %.0f MiB\n", ap_peak_rss_mib());
+    if (ap_train_loop(&o, e, &loader, va, cfg, &res, err, sizeof err) < 0) goto fail;
+    fprintf(out, "done: %ld steps in %.1f s, loss %.4f -> %.4f", res.steps, now_s() - t0, res.first_loss,
+            res.last_loss);
+    if (!isnan(res.last_val_loss)) fprintf(out, ", val_loss %.4f", res.last_val_loss);
+    fprintf(out, ", peak RSS %.0f MiB\n", ap_peak_rss_mib());
+    fflush(out);
     rv = AP_EXIT_OK;
 fail:
     if (rv != AP_EXIT_OK) {
-        const char *why = s ? ap_llama_stage_error(s) : "";
+        const char *why = s ? ap_llama_stage_error(s) : pl ? ap_pipeline_stage_error(pl) : "";
         fprintf(stderr, "autopipe train: %s%s%s\n", err, why && *why ? ": " : "", why ? why : "");
     }
+    if (out && out != stdout) fclose(out);
     ap_loader_free(&loader);
     ap_stage_destroy(s);
+    /* a failure on one rank leaves its peers waiting in the schedule; a
+     * non-finite loss or norm is seen by every rank alike */
+    if (rv != AP_EXIT_OK && pl && !res.nonfinite) MPI_Abort(MPI_COMM_WORLD, rv);
+    ap_pipeline_destroy(pl);
     ap_dataset_free(tr);
     ap_dataset_free(va);
     return rv;
@@ -185,8 +215,15 @@ static void train_usage(FILE *f) {
     ap_config_emit_help(f);
 }
 
+/* model.pretrained_model_name_or_path: an HF directory (or a checkpoint
+ * when the checkpoint part installed its reader). */
+static int read_pretrained(const char *dir, ap_model_config *mc, char *err, size_t errlen) {
+    return ap_model_dir_config(dir, mc, err, errlen);
+}
+
 int ap_cmd_train(int argc, char **argv) {
     static const ap_cli_flag flags[] = {{"help", 0}, {"h", 0}, {NULL, 0}};
+    ap_config_set_pretrained_reader(read_pretrained);
     char err[1024];
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     int nrest = 0;

@@ -15,7 +15,7 @@ static void usage(FILE *f) {
             "usage: autopipe schedule --schedule NAME --pp N --microbatches M [--stages-per-rank V]\n"
             "                         [--csv FILE] [--costs F=1,B=2,I=1,W=1,comm=0] [--grid] [--lowered]\n"
             "                         [--forward-only]\n"
-            "                         [-o out.png|out.svg|out.csv]\n\n"
+            "                         [-o out.png|out.svg|out.csv|out.json]\n\n"
             "Generate a pipeline schedule, prove it complete and deadlock-free, simulate it and print\n"
             "the per-rank timeline with bubble and activation-memory figures.\n\n"
             "  -s, --schedule NAME       gpipe, 1f1b, interleaved_1f1b, looped_bfs, interleaved_zb, zbv\n"
@@ -25,11 +25,16 @@ static void usage(FILE *f) {
             "  -m, --microbatches M      microbatches per step\n"
             "  -v, --stages-per-rank V   stages per rank (default 1 for gpipe/1f1b, 2 otherwise)\n"
             "  -c, --csv FILE            load a schedule CSV (PyTorch's compute_only or compute_comms)\n"
-            "  -C, --costs LIST          action costs, default F=1,B=2,I=1,W=1,comm=0\n"
+            "  -C, --costs LIST          action costs, default F=1,B=2,I=1,W=1,comm=0;\n"
+            "                            TYPE@STAGE=X for one stage (B@3=2.5)\n"
+            "  -T, --costs-from TRACE    costs measured in a run: mean F/B/I/W durations (ms) per stage\n"
+            "                            from Chrome trace files (repeat for each rank's file);\n"
+            "                            --costs applies on top\n"
             "  -g, --grid                also print the step grid (steps down, ranks across)\n"
             "  -l, --lowered             grid and CSV with SEND/RECV actions (compute_comms)\n"
             "  -f, --forward-only        only the forwards, as the validation pass runs them\n"
-            "  -o, --output FILE         write a picture (.png, .svg) or the schedule (.csv)\n"
+            "  -o, --output FILE         write a picture (.png, .svg), the schedule (.csv) or the\n"
+            "                            simulated timeline as a Chrome trace (.json, for Perfetto)\n"
             "Exit status: 0 ok, 1 runtime failure, 2 usage or impossible settings.\n");
 }
 
@@ -53,6 +58,7 @@ int ap_cmd_schedule(int argc, char **argv) {
         {"stages-per-rank", required_argument, NULL, 'v'},
         {"csv", required_argument, NULL, 'c'},
         {"costs", required_argument, NULL, 'C'},
+        {"costs-from", required_argument, NULL, 'T'},
         {"grid", no_argument, NULL, 'g'},
         {"lowered", no_argument, NULL, 'l'},
         {"forward-only", no_argument, NULL, 'f'},
@@ -61,11 +67,13 @@ int ap_cmd_schedule(int argc, char **argv) {
         {NULL, 0, NULL, 0},
     };
     const char *name = NULL, *csv = NULL, *costs_s = NULL, *outp = NULL;
+    const char *traces[64];
+    int n_traces = 0;
     int pp = 0, mb = 0, v = 0, grid = 0, lowered_out = 0, fwd_only = 0, c;
     char err[65536];
     ap_sched_costs costs;
     ap_sched_costs_default(&costs);
-    while ((c = getopt_long(argc, argv, "s:p:m:v:c:C:glfo:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:p:m:v:c:C:T:glfo:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': name = optarg; break;
         case 'p':
@@ -79,6 +87,13 @@ int ap_cmd_schedule(int argc, char **argv) {
             break;
         case 'c': csv = optarg; break;
         case 'C': costs_s = optarg; break;
+        case 'T':
+            if (n_traces == 64) {
+                fprintf(stderr, "autopipe schedule: at most 64 --costs-from files\n");
+                return AP_EXIT_USAGE;
+            }
+            traces[n_traces++] = optarg;
+            break;
         case 'g': grid = 1; break;
         case 'l': lowered_out = 1; break;
         case 'f': fwd_only = 1; break;
@@ -99,6 +114,15 @@ int ap_cmd_schedule(int argc, char **argv) {
     if (!csv && (pp < 1 || mb < 1)) {
         fprintf(stderr, "autopipe schedule: --pp and --microbatches are required with --schedule\n");
         return AP_EXIT_USAGE;
+    }
+    if (n_traces) {
+        int n = ap_sched_costs_from_traces(&costs, traces, n_traces, err, sizeof err);
+        if (n < 0) {
+            fprintf(stderr, "autopipe schedule: %s\n", err);
+            return AP_EXIT_USAGE;
+        }
+        printf("costs from %d measured actions (ms): F %.4g, B %.4g, I %.4g, W %.4g\n", n,
+               costs.cost[AP_ACT_F], costs.cost[AP_ACT_B], costs.cost[AP_ACT_I], costs.cost[AP_ACT_W]);
     }
     if (costs_s && ap_sched_costs_parse(&costs, costs_s, err, sizeof err)) {
         fprintf(stderr, "autopipe schedule: %s\n", err);
@@ -141,6 +165,10 @@ int ap_cmd_schedule(int argc, char **argv) {
             nsend += low->acts[r][i].type == AP_ACT_SEND_F || low->acts[r][i].type == AP_ACT_SEND_B;
         }
     printf("validated: complete and deadlock-free (%d actions with %d send/recv pairs)\n", nact, nsend);
+    int strict_s = ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_SENDS, err, sizeof err) == 0;
+    int strict_r = ap_schedule_validate_ex(low, AP_VALIDATE_BLOCKING_RECVS, err, sizeof err) == 0;
+    printf("deadlock-free with blocking sends: %s; with blocking receives: %s\n", strict_s ? "yes" : "no",
+           strict_r ? "yes" : "no");
     if (grid) {
         const ap_schedule *g = lowered_out ? low : s;
         size_t need = ap_schedule_format_grid(g, -1, -1, NULL, 0) + 1;
@@ -158,13 +186,20 @@ int ap_cmd_schedule(int argc, char **argv) {
                 fprintf(stderr, "autopipe schedule: %s\n", err);
                 goto out;
             }
+        } else if (dot && !strcasecmp(dot, ".json")) {
+            FILE *f = fopen(outp, "w");
+            int bad = !f || ap_schedule_write_trace(s, &sim, f) < 0;
+            if ((f && fclose(f)) || bad) {
+                fprintf(stderr, "autopipe schedule: %s: cannot write the trace\n", outp);
+                goto out;
+            }
         } else if (dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".svg"))) {
             if (ap_schedule_render_image(s, &sim, outp, err, sizeof err)) {
                 fprintf(stderr, "autopipe schedule: %s\n", err);
                 goto out;
             }
         } else {
-            fprintf(stderr, "autopipe schedule: -o %s: expected a .png, .svg or .csv file name\n", outp);
+            fprintf(stderr, "autopipe schedule: -o %s: expected a .png, .svg, .csv or .json file name\n", outp);
             rv = AP_EXIT_USAGE;
             goto out;
         }

@@ -66,6 +66,26 @@ void ap_schedule_render_text(const ap_schedule *s, const ap_sched_sim *r, FILE *
                 100 * r->bubble[rk], r->peak_live[rk]);
 }
 
+int ap_schedule_write_trace(const ap_schedule *s, const ap_sched_sim *r, FILE *f) {
+    static const char *const cname[AP_ACT_NTYPES] = {"", "thread_state_running", "good", "yellow",
+                                                     "olive", "", "", "", ""};
+    fprintf(f, "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [");
+    for (int rk = 0; rk < s->pp; rk++)
+        fprintf(f, "%s\n{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, "
+                   "\"args\": {\"name\": \"rank %d\"}}", rk ? "," : "", rk, rk);
+    for (int e = 0; e < r->n_ev; e++) {
+        const ap_sched_event *ev = &r->ev[e];
+        char l[64];
+        ap_action_format(l, sizeof l, ev->a);
+        fprintf(f, ",\n{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, "
+                   "\"ts\": %.3f, \"dur\": %.3f, \"cname\": \"%s\", \"args\": {\"stage\": %d, "
+                   "\"microbatch\": %d}}",
+                l, ap_act_type_name(ev->a.type), ev->rank, ev->start * 1000, (ev->end - ev->start) * 1000,
+                cname[ev->a.type], ev->a.stage, ev->a.mb);
+    }
+    return fprintf(f, "\n]}\n") < 0 ? -1 : 0;
+}
+
 /* Tableau colours: F blue, B green, I orange, W purple. */
 static void type_rgb(int type, double rgb[3]) {
     static const double c[AP_ACT_NTYPES][3] = {
@@ -193,7 +213,14 @@ int ap_schedule_render_image(const ap_schedule *s, const ap_sched_sim *r, const 
     }
     double left = 70, top = 60, row_h = 34, right = 170;
     double span = r->makespan > 0 ? r->makespan : 1;
-    double scale = fmin(60, fmax(4, 1400 / span));
+    /* wide enough that the shortest box can hold a label, within 8000 px */
+    double dmin = 0;
+    for (int e = 0; e < r->n_ev; e++) {
+        double d = r->ev[e].end - r->ev[e].start;
+        if (d > 1e-12 && (dmin == 0 || d < dmin)) dmin = d;
+    }
+    double want = s->stages_per_rank > 1 ? 30 : 20;
+    double scale = fmin(60, fmax(1400 / span, dmin > 0 ? want / dmin : 4));
     if (span * scale > 8000) scale = 8000 / span;
     double W = ceil(left + span * scale + right), H = ceil(top + s->pp * row_h + 30);
     cairo_surface_t *surf = svg ? cairo_svg_surface_create(path, W, H)

@@ -147,18 +147,38 @@ int ap_schedule_lower(const ap_schedule *in, ap_schedule **out, char *err, size_
  * waits for its data) finishes. On failure err holds the reason and the grid
  * with the bad cell marked (give a few KiB). */
 int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen);
+/* Stricter runtimes (use one flag at a time):
+ * AP_VALIDATE_BLOCKING_SENDS: a SEND blocks until the peer has posted the
+ *   matching RECV (MPI_Ssend / rendezvous);
+ * AP_VALIDATE_BLOCKING_RECVS: a RECV blocks until the peer has sent
+ *   (blocking MPI_Recv at the RECV cell; PyTorch's _simulate_comms_compute). */
+enum { AP_VALIDATE_BLOCKING_SENDS = 1, AP_VALIDATE_BLOCKING_RECVS = 2 };
+int ap_schedule_validate_ex(const ap_schedule *s, int flags, char *err, size_t errlen);
 
 /* ---- simulator (sim.c) ---- */
+#define AP_SCHED_COST_STAGES 256 /* stages that "F@3=2" style overrides can name */
+
 typedef struct {
     double cost[AP_ACT_NTYPES]; /* per type (F, B, I, W used) */
     double comm;                /* added to every cross-rank dependency */
-    const double *stage_cost[AP_ACT_NTYPES]; /* optional (num_stages) overrides */
+    const double *stage_cost[AP_ACT_NTYPES]; /* optional (num_stages) arrays, e.g. measured */
+    /* single-stage overrides from ap_sched_costs_parse ("F@3=2"); stage_cost wins */
+    double over[AP_ACT_NTYPES][AP_SCHED_COST_STAGES];
+    unsigned char has_over[AP_ACT_NTYPES][AP_SCHED_COST_STAGES];
 } ap_sched_costs;
 
-/* Defaults F=1, B=2, I=1, W=1, comm=0. */
+/* Defaults F=1, B=2, I=1, W=1, comm=0, no overrides. */
 void ap_sched_costs_default(ap_sched_costs *c);
-/* "F=1,B=2,I=1,W=1,comm=0.5" (any subset). */
+/* "F=1,B=2,I=1,W=1,comm=0.5,F@3=2" (any subset; TYPE@STAGE for one stage). */
 int ap_sched_costs_parse(ap_sched_costs *c, const char *text, char *err, size_t errlen);
+
+/* Costs measured in a run: averages the durations of the F/B/I/W events of
+ * Chrome trace files (the executor's trace, or ap_schedule_write_trace) per
+ * type and stage, in milliseconds, into c (per-stage overrides, and the
+ * type's mean as its cost; a missing I/W is half the B, a missing B is I+W).
+ * Returns the number of events used, or -1. */
+int ap_sched_costs_from_traces(ap_sched_costs *c, const char *const *paths, int n_paths, char *err,
+                               size_t errlen);
 
 typedef struct {
     int rank, index; /* position in s->acts[rank] */
@@ -188,6 +208,9 @@ void ap_sched_sim_free(ap_sched_sim *r);
 /* Text timeline: one line per rank, a column per time unit, F/B/I/W cells
  * with microbatch numbers, '.' idle; then bubble and memory figures. */
 void ap_schedule_render_text(const ap_schedule *s, const ap_sched_sim *r, FILE *f);
+/* Chrome trace-event JSON of the simulated timeline (one time unit = 1 ms),
+ * one track per rank, to open in Perfetto next to a measured trace. */
+int ap_schedule_write_trace(const ap_schedule *s, const ap_sched_sim *r, FILE *f);
 /* PNG or SVG (by the path's extension) through cairo. */
 int ap_schedule_render_image(const ap_schedule *s, const ap_sched_sim *r, const char *path,
                              char *err, size_t errlen);

@@ -33,7 +33,7 @@ int ap_sched_costs_parse(ap_sched_costs *c, const char *text, char *err, size_t 
                      text);
             return -1;
         }
-        char key[16];
+        char key[24];
         size_t kl = (size_t)(eq - p);
         if (kl == 0 || kl >= sizeof key) {
             snprintf(err, errlen, "costs '%s': expected a key F, B, I, W or comm before '='", text);
@@ -47,16 +47,36 @@ int ap_sched_costs_parse(ap_sched_costs *c, const char *text, char *err, size_t 
             snprintf(err, errlen, "costs '%s': value of %s must be a non-negative number", text, key);
             return -1;
         }
-        if (!strcasecmp(key, "comm"))
+        char *at = strchr(key, '@');
+        int stage = -1;
+        if (at) {
+            char *se;
+            long st = strtol(at + 1, &se, 10);
+            if (se == at + 1 || *se || st < 0 || st >= AP_SCHED_COST_STAGES) {
+                snprintf(err, errlen, "costs '%s': '%s': expected TYPE@STAGE with a stage 0..%d", text, key,
+                         AP_SCHED_COST_STAGES - 1);
+                return -1;
+            }
+            *at = '\0';
+            stage = (int)st;
+        }
+        int type = -1;
+        if (!strcmp(key, "F") || !strcmp(key, "f")) type = AP_ACT_F;
+        else if (!strcmp(key, "B") || !strcmp(key, "b")) type = AP_ACT_B;
+        else if (!strcmp(key, "I") || !strcmp(key, "i")) type = AP_ACT_I;
+        else if (!strcmp(key, "W") || !strcmp(key, "w")) type = AP_ACT_W;
+        if (stage >= 0) {
+            if (type < 0) {
+                snprintf(err, errlen, "costs '%s': per-stage key '%s@%d': expected F, B, I or W before '@'",
+                         text, key, stage);
+                return -1;
+            }
+            c->over[type][stage] = val;
+            c->has_over[type][stage] = 1;
+        } else if (type >= 0)
+            c->cost[type] = val;
+        else if (!strcasecmp(key, "comm"))
             c->comm = val;
-        else if (!strcmp(key, "F") || !strcmp(key, "f"))
-            c->cost[AP_ACT_F] = val;
-        else if (!strcmp(key, "B") || !strcmp(key, "b"))
-            c->cost[AP_ACT_B] = val;
-        else if (!strcmp(key, "I") || !strcmp(key, "i"))
-            c->cost[AP_ACT_I] = val;
-        else if (!strcmp(key, "W") || !strcmp(key, "w"))
-            c->cost[AP_ACT_W] = val;
         else {
             snprintf(err, errlen, "costs '%s': unknown key '%s'; expected F, B, I, W or comm", text, key);
             return -1;
@@ -68,6 +88,7 @@ int ap_sched_costs_parse(ap_sched_costs *c, const char *text, char *err, size_t 
 
 static double cost_of(const ap_sched_costs *c, ap_action a) {
     if (c->stage_cost[a.type]) return c->stage_cost[a.type][a.stage];
+    if (a.stage < AP_SCHED_COST_STAGES && c->has_over[a.type][a.stage]) return c->over[a.type][a.stage];
     return c->cost[a.type];
 }
 

@@ -10,7 +10,8 @@
  * a compute waits until its input exists: the previous stage's F (next
  * stage's B/I) on the same rank, or the peer's SEND for a lowered schedule,
  * or that action anywhere for a compute-only one. A round in which no rank
- * moves is a deadlock, reported with the blocked cells. */
+ * moves is a deadlock, reported with the blocked cells. Flags make sends or
+ * receives blocking, for stricter runtimes. */
 #include "trainer/schedule/schedule.h"
 
 #include <stdarg.h>
@@ -53,6 +54,10 @@ static int cross_rank(const ap_schedule *s, int a, int b) {
 }
 
 int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
+    return ap_schedule_validate_ex(s, 0, err, errlen);
+}
+
+int ap_schedule_validate_ex(const ap_schedule *s, int flags, char *err, size_t errlen) {
     vctx v = {s, err, errlen};
     int ns = s->num_stages, m = s->microbatches, p = s->pp, rv = -1;
     if (p < 1 || ns < 1 || m < 1)
@@ -248,6 +253,14 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
                         ready = done[KEY(st + 1, mb, AP_ACT_SEND_B)];
                     else
                         ready = done[KEY(st + 1, mb, AP_ACT_B)] || done[KEY(st + 1, mb, AP_ACT_I)];
+                } else if ((flags & AP_VALIDATE_BLOCKING_SENDS) && a.type == AP_ACT_SEND_F) {
+                    ready = done[KEY(st + 1, mb, AP_ACT_RECV_F)];
+                } else if ((flags & AP_VALIDATE_BLOCKING_SENDS) && a.type == AP_ACT_SEND_B) {
+                    ready = done[KEY(st - 1, mb, AP_ACT_RECV_B)];
+                } else if ((flags & AP_VALIDATE_BLOCKING_RECVS) && a.type == AP_ACT_RECV_F) {
+                    ready = done[KEY(st - 1, mb, AP_ACT_SEND_F)];
+                } else if ((flags & AP_VALIDATE_BLOCKING_RECVS) && a.type == AP_ACT_RECV_B) {
+                    ready = done[KEY(st + 1, mb, AP_ACT_SEND_B)];
                 }
                 if (!ready) break;
                 if (a.type != AP_ACT_NONE) done[KEY(st, mb, a.type)] = 1;
@@ -268,11 +281,24 @@ int ap_schedule_validate(const ap_schedule *s, char *err, size_t errlen) {
                 ap_action a = s->acts[r][pc[r]];
                 char c[64];
                 ap_action_format(c, sizeof c, a);
-                int n = a.type == AP_ACT_F
-                            ? snprintf(why + w, sizeof why - w, "\n  rank %d step %d: %s waits for the "
-                                       "output of stage %d microbatch %d", r, pc[r], c, a.stage - 1, a.mb)
-                            : snprintf(why + w, sizeof why - w, "\n  rank %d step %d: %s waits for the "
-                                       "gradient of stage %d microbatch %d", r, pc[r], c, a.stage + 1, a.mb);
+                int n;
+                if (a.type == AP_ACT_RECV_F || a.type == AP_ACT_RECV_B) {
+                    int peer = a.type == AP_ACT_RECV_F ? a.stage - 1 : a.stage + 1;
+                    n = snprintf(why + w, sizeof why - w, "\n  rank %d step %d: %s waits for rank %d to "
+                                 "send %d%s%d", r, pc[r], c, s->stage_to_rank[peer], peer,
+                                 a.type == AP_ACT_RECV_F ? "SEND_F" : "SEND_B", a.mb);
+                } else if (a.type == AP_ACT_SEND_F || a.type == AP_ACT_SEND_B) {
+                    int peer = a.type == AP_ACT_SEND_F ? a.stage + 1 : a.stage - 1;
+                    n = snprintf(why + w, sizeof why - w, "\n  rank %d step %d: %s waits for rank %d to "
+                                 "post %d%s%d", r, pc[r], c, s->stage_to_rank[peer], peer,
+                                 a.type == AP_ACT_SEND_F ? "RECV_F" : "RECV_B", a.mb);
+                } else if (a.type == AP_ACT_F) {
+                    n = snprintf(why + w, sizeof why - w, "\n  rank %d step %d: %s waits for the output "
+                                 "of stage %d microbatch %d", r, pc[r], c, a.stage - 1, a.mb);
+                } else {
+                    n = snprintf(why + w, sizeof why - w, "\n  rank %d step %d: %s waits for the gradient "
+                                 "of stage %d microbatch %d", r, pc[r], c, a.stage + 1, a.mb);
+                }
                 if (n > 0) w += (size_t)n;
             }
             fail_at(&v, first, pc[first], "deadlock: no rank can move%s", why);
