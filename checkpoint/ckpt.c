@@ -230,15 +230,62 @@ static int dset_bytes(hid_t loc, const char *name, const unsigned char *b, size_
     return rc < 0 ? -1 : 0;
 }
 
-/* One fp32 array, chunked along dim 0 to ~4 MiB, fletcher32-checked. */
-static int write_array(hid_t grp, const char *name, const ap_ckpt_tensor *t, const float *data) {
-    hsize_t dims[4], chunk[4];
-    for (int i = 0; i < t->ndim; i++) dims[i] = chunk[i] = t->shape[i];
-    /* shrink from the outermost dim until a chunk holds at most ~4 MiB */
+/* HDF5's fletcher32 filter checksum, bit for bit (H5_checksum_fletcher32:
+ * big-endian 16-bit words, sums folded every 360 words). Stored after the
+ * chunk's bytes, little-endian. */
+uint32_t ap_ckpt_fletcher32(const void *p, size_t nbytes) {
+    const uint8_t *d = p;
+    size_t len = nbytes / 2;
+    uint32_t s1 = 0, s2 = 0;
+    while (len) {
+        size_t t = len > 360 ? 360 : len;
+        len -= t;
+        do {
+            s1 += (uint32_t)((d[0] << 8) | d[1]);
+            d += 2;
+            s2 += s1;
+        } while (--t);
+        s1 = (s1 & 0xffff) + (s1 >> 16);
+        s2 = (s2 & 0xffff) + (s2 >> 16);
+    }
+    if (nbytes % 2) {
+        s1 += (uint32_t)(*d << 8);
+        s2 += s1;
+        s1 = (s1 & 0xffff) + (s1 >> 16);
+        s2 = (s2 & 0xffff) + (s2 >> 16);
+    }
+    s1 = (s1 & 0xffff) + (s1 >> 16);
+    s2 = (s2 & 0xffff) + (s2 >> 16);
+    return (s2 << 16) | s1;
+}
+
+/* One reusable chunk buffer: HDF5's filter path mallocs (and the kernel
+ * zeroes) a fresh 4 MiB buffer per chunk. */
+static unsigned char *chunk_buf;
+static size_t chunk_cap;
+
+static unsigned char *chunk_buffer(size_t n) {
+    if (n > chunk_cap) {
+        free(chunk_buf);
+        chunk_buf = malloc(n);
+        chunk_cap = chunk_buf ? n : 0;
+    }
+    return chunk_buf;
+}
+
+void ap_ckpt_chunk_buffer_free(void) {
+    free(chunk_buf);
+    chunk_buf = NULL;
+    chunk_cap = 0;
+}
+
+/* Chunk shape: shrink from the outermost dim until a chunk holds <= 4 MiB. */
+void ap_ckpt_chunk_dims(int ndim, const size_t *shape, hsize_t *chunk) {
     size_t lim = CHUNK_BYTES / 4;
-    for (int i = 0; i < t->ndim; i++) {
+    for (int i = 0; i < ndim; i++) chunk[i] = shape[i];
+    for (int i = 0; i < ndim; i++) {
         size_t rest = 1;
-        for (int k = i + 1; k < t->ndim; k++) rest *= t->shape[k];
+        for (int k = i + 1; k < ndim; k++) rest *= shape[k];
         if (rest >= lim) {
             chunk[i] = 1;
             continue;
@@ -246,12 +293,46 @@ static int write_array(hid_t grp, const char *name, const ap_ckpt_tensor *t, con
         if (lim / rest < chunk[i]) chunk[i] = lim / rest;
         break;
     }
+}
+
+/* One fp32 array, chunked (~4 MiB), fletcher32-checked; *crc gets the crc32
+ * of its bytes. Chunks that are whole rows are contiguous in memory: those
+ * are written directly (our fletcher32, one copy, one pwrite each), the
+ * same bytes HDF5's filter would store; others go through H5Dwrite. */
+static int write_array(hid_t grp, const char *name, const ap_ckpt_tensor *t, const float *data, uint32_t *crc) {
+    hsize_t dims[4], chunk[4];
+    for (int i = 0; i < t->ndim; i++) dims[i] = t->shape[i];
+    ap_ckpt_chunk_dims(t->ndim, t->shape, chunk);
     hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, t->ndim, chunk);
     H5Pset_fletcher32(dcpl);
     hid_t d = H5Dcreate2(grp, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    herr_t rc = d < 0 ? -1 : H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    size_t row = 1, n = ap_ckpt_numel(t->ndim, t->shape);
+    int rows_whole = 1;
+    for (int i = 1; i < t->ndim; i++) row *= t->shape[i], rows_whole &= chunk[i] == t->shape[i];
+    herr_t rc = d < 0 ? -1 : 0;
+    if (rc == 0 && rows_whole) {
+        size_t per = (size_t)chunk[0], cb = per * row * 4;
+        unsigned char *buf = chunk_buffer(cb + 4);
+        uLong c = crc32(0L, Z_NULL, 0);
+        if (!buf) rc = -1;
+        for (size_t r0 = 0; rc == 0 && r0 < t->shape[0]; r0 += per) {
+            size_t nr = t->shape[0] - r0 < per ? t->shape[0] - r0 : per, nb = nr * row * 4;
+            const unsigned char *src = (const unsigned char *)(data + r0 * row);
+            memcpy(buf, src, nb);
+            if (nb < cb) memset(buf + nb, 0, cb - nb); /* edge chunks are stored full size */
+            c = crc32(c, buf, (uInt)nb);
+            uint32_t f = ap_ckpt_fletcher32(buf, cb);
+            for (int k = 0; k < 4; k++) buf[cb + k] = (unsigned char)(f >> (8 * k));
+            hsize_t off[4] = {r0, 0, 0, 0};
+            rc = H5Dwrite_chunk(d, H5P_DEFAULT, 0, off, cb + 4, buf);
+        }
+        *crc = (uint32_t)c;
+    } else if (rc == 0) {
+        rc = H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+        *crc = ap_ckpt_crc32(data, n * 4);
+    }
     if (rc < 0) ap_ckpt_h5capture();
     if (d >= 0) H5Dclose(d);
     H5Pclose(dcpl);
@@ -352,10 +433,10 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
             bad = 2;
             break;
         }
-        size_t n = ap_ckpt_numel(t->ndim, t->shape);
-        int rc = write_array(g, "param", t, t->param);
-        if (!rc && t->exp_avg) rc = write_array(g, "exp_avg", t, t->exp_avg);
-        if (!rc && t->exp_avg_sq) rc = write_array(g, "exp_avg_sq", t, t->exp_avg_sq);
+        uint32_t crcs[3];
+        int rc = write_array(g, "param", t, t->param, &crcs[0]);
+        if (!rc && t->exp_avg) rc = write_array(g, "exp_avg", t, t->exp_avg, &crcs[1]);
+        if (!rc && t->exp_avg_sq) rc = write_array(g, "exp_avg_sq", t, t->exp_avg_sq, &crcs[2]);
         H5Gclose(g);
         if (rc) {
             seterr(err, errlen, "%s: writing tensor %s failed: %s", tmp, t->name, ap_ckpt_h5err());
@@ -368,11 +449,7 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
         for (int k = 0; k < t->ndim; k++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[k]));
         cJSON_AddStringToObject(e, "dtype", "float32");
         cJSON *crc = cJSON_AddArrayToObject(e, "crc32");
-        cJSON_AddItemToArray(crc, cJSON_CreateNumber(ap_ckpt_crc32(t->param, n * 4)));
-        if (t->exp_avg) {
-            cJSON_AddItemToArray(crc, cJSON_CreateNumber(ap_ckpt_crc32(t->exp_avg, n * 4)));
-            cJSON_AddItemToArray(crc, cJSON_CreateNumber(ap_ckpt_crc32(t->exp_avg_sq, n * 4)));
-        }
+        for (int k = 0; k < (t->exp_avg ? 3 : 1); k++) cJSON_AddItemToArray(crc, cJSON_CreateNumber(crcs[k]));
         cJSON_AddItemToArray(jt, e);
         if (o && o->progress) o->progress(o->progress_ctx, AP_CKPT_PHASE_TENSOR, t->name);
     }
@@ -637,6 +714,7 @@ int ap_ckpt_save(const char *cdir, const ap_ckpt_state *st, const ap_ckpt_stage 
         if (!e) rc = -1;
         else cJSON_AddItemToArray(mine, e);
     }
+    ap_ckpt_chunk_buffer_free();
     if (rc == 0 && n_stages > 0) rc = fsync_path(stepdir, err, errlen);
     /* 3. rank 0 gathers every file entry */
     char *txt = cJSON_PrintUnformatted(mine);
@@ -679,5 +757,6 @@ int ap_ckpt_save(const char *cdir, const ap_ckpt_state *st, const ap_ckpt_stage 
         if (!rc && o && o->progress) o->progress(o->progress_ctx, AP_CKPT_PHASE_DONE, stepdir);
     }
     free(all), free(lens), free(offs);
+    ap_ckpt_chunk_buffer_free();
     return agree(comm, rc, err, errlen);
 }

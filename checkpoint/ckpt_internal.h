@@ -14,6 +14,10 @@ void ap_ckpt_stage_file_name(char *buf, size_t n, int stage_id, int tp_rank, int
 int ap_ckpt_parse_step_name(const char *name); /* step_%08d -> step, else -1 */
 int ap_ckpt_is_committed(const char *stepdir);
 
+uint32_t ap_ckpt_fletcher32(const void *p, size_t nbytes); /* = HDF5's filter checksum */
+void ap_ckpt_chunk_buffer_free(void); /* the save path's chunk buffer */
+void ap_ckpt_read_buffer_free(void);  /* the load path's */
+
 typedef struct ap_ckpt ap_ckpt;
 /* ap_ckpt_open, optionally without checking that the stage files exist
  * with their sizes (verify reports each problem itself). */

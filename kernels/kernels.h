@@ -17,7 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Threads for OpenMP loops and for OpenBLAS (n < 1: 1). */
+/* Threads for the kernels (n < 1: 1; at most AP_KERNELS_MAX_THREADS). All
+ * parallelism is one OpenMP team: OpenBLAS is set to one thread and large
+ * matrix products are split across the team by the kernels. */
+#define AP_KERNELS_MAX_THREADS 64
 void ap_kernels_set_threads(int n);
 int ap_kernels_threads(void);
 
@@ -76,7 +79,8 @@ void ap_rope_backward(float *dx, const float *cos_, const float *sin_, size_t N,
 /* y (B, T, NH D), att (B, NH, T, T) softmax probabilities (0 where masked) */
 void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size_t T, size_t NH,
                           size_t NKV, size_t D, int window, float scale);
-/* dqkv (B, T, S) overwritten; dy (B, T, NH D); scratch (T, T) */
+/* dqkv (B, T, S) overwritten; dy (B, T, NH D);
+ * scratch (nt, T, T) with nt = ap_kernels_threads() (or AP_KERNELS_MAX_THREADS) */
 void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const float *qkv,
                            const float *att, size_t B, size_t T, size_t NH, size_t NKV, size_t D,
                            float scale);

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Fuzz the safetensors header parser (and the config.json parser) with
 # libFuzzer. Outside `make check` (needs clang with libFuzzer: Debian's clang).
-#     sh scripts/fuzz.sh [SECONDS] [safetensors|hf_config]
+#     sh scripts/fuzz.sh [SECONDS] [safetensors|hf_config]     (or make fuzz-safetensors)
 # Builds into ${FUZZ_DIR:-/tmp/autopipe-fuzz}, seeds the corpus with the test
 # fixtures' headers and config.json files, runs SECONDS (default 60), prints
 # libFuzzer's final stats (exec count). Exit status non-zero on a crash.

@@ -83,13 +83,13 @@ fail:
     return rv;
 }
 
-/* sbatch/salloc: reject junk at submission (the task count comes later). */
-int slurm_spank_init_post_opt(spank_t sp, int ac, char **av) {
+/* sbatch/salloc, init_post_opt: reject junk at submission (the task count
+ * comes later). */
+static int allocator_check(spank_t sp) {
     int rv = -1;
     char err[256];
     ap_spank_request req;
 
-    if (spank_context() != S_CTX_ALLOCATOR || !any_given()) return 0; /* never fail remote */
     if (ap_spank_request_parse(&conf, raw, &req, err, sizeof err)) {
         slurm_error("autopipe: %s", err);
         goto fail;
@@ -99,8 +99,9 @@ fail:
     return rv;
 }
 
-/* srun, before any task starts: the full check against the step's size. */
-int slurm_spank_local_user_init(spank_t sp, int ac, char **av) {
+/* srun, local_user_init, before any task starts: the full check against the
+ * step's size. */
+static int local_check(spank_t sp) {
     int rv = -1;
     char err[256];
     ap_spank_request req;
@@ -108,7 +109,6 @@ int slurm_spank_local_user_init(spank_t sp, int ac, char **av) {
     uint32_t ntasks = 0;
     spank_err_t e;
 
-    if (spank_context() != S_CTX_LOCAL || !any_given()) return 0;
     if (ap_spank_request_parse(&conf, raw, &req, err, sizeof err)) {
         slurm_error("autopipe: %s", err);
         goto fail;
@@ -140,8 +140,8 @@ static int set_int(spank_t sp, const char *name, long long v) {
     return 0;
 }
 
-/* slurmstepd, once per task, as the user: the task's coordinates. */
-int slurm_spank_task_init(spank_t sp, int ac, char **av) {
+/* slurmstepd, task_init, once per task, as the user: the task's coordinates. */
+static int remote_task_init(spank_t sp) {
     int rv = -1;
     char err[256];
     ap_spank_request req;
@@ -151,7 +151,6 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av) {
     int local = -1;
     spank_err_t e;
 
-    if (spank_context() != S_CTX_REMOTE || !any_given()) return 0;
     /* The batch script, extern and interactive steps are not the job's
      * ranks: an srun inside the batch script gets the values and sets them. */
     if ((e = spank_get_item(sp, S_JOB_STEPID, &stepid)) != ESPANK_SUCCESS) {
@@ -194,3 +193,21 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av) {
 fail:
     return rv;
 }
+
+/* ---- the hooks: one dispatcher decides by context what runs where ---- */
+
+enum hook { HOOK_INIT_POST_OPT, HOOK_LOCAL_USER_INIT, HOOK_TASK_INIT };
+
+static int dispatch(spank_t sp, enum hook h) {
+    if (!any_given()) return 0; /* no flag: the plugin does nothing */
+    switch (spank_context()) {
+    case S_CTX_ALLOCATOR: return h == HOOK_INIT_POST_OPT ? allocator_check(sp) : 0;
+    case S_CTX_LOCAL: return h == HOOK_LOCAL_USER_INIT ? local_check(sp) : 0;
+    case S_CTX_REMOTE: return h == HOOK_TASK_INIT ? remote_task_init(sp) : 0; /* never fail earlier */
+    default: return 0;
+    }
+}
+
+int slurm_spank_init_post_opt(spank_t sp, int ac, char **av) { return dispatch(sp, HOOK_INIT_POST_OPT); }
+int slurm_spank_local_user_init(spank_t sp, int ac, char **av) { return dispatch(sp, HOOK_LOCAL_USER_INIT); }
+int slurm_spank_task_init(spank_t sp, int ac, char **av) { return dispatch(sp, HOOK_TASK_INIT); }

@@ -40,6 +40,10 @@ bad "truncated file" "$T/trunc/$S" "stage_001.h5: [0-9]+ bytes, manifest.json sa
 fresh flip; t "flip one bit inside a data chunk" '$H flip $T/flip/$S/stage_001.h5 /tensors/model.layers.5.mlp.down_proj.weight/param'
 bad "flipped bit" "$T/flip/$S" "stage_001.h5: reading /tensors/model.layers.5.mlp.down_proj.weight/param failed: .*[Ff]letcher32"
 
+if command -v h5dump >/dev/null 2>&1; then
+t "flipped bit: plain HDF5 (h5dump) also refuses the chunk (fletcher32)" '! h5dump -d /tensors/model.layers.5.mlp.down_proj.weight/param $T/flip/$S/stage_001.h5 >/dev/null 2>&1'
+else n=$((n+1)); echo "ok $n # SKIP h5dump not found"; fi
+
 fresh swap; cp "$T/other/$S/stage_000.h5" "$T/swap/$S/stage_000.h5"
 bad "stage file replaced by another checkpoint's (manifest disagrees)" "$T/swap/$S" "stage_000.h5: /tensors/.* checksum crc32 [0-9a-f]+, manifest.json says"
 

@@ -61,6 +61,10 @@ int main(int argc, char **argv) {
     synth_stage st = synth_stage_tensors(&m, 0, 1);
     /* one big 1-D tensor (2M floats = 8 MiB): chunked below 4 MiB */
     synth_add(&st, "model.big.bias", 1, 2u << 20, 0);
+    /* edge chunks (partial, stored full size) and rows wider than a chunk */
+    synth_add(&st, "model.edge.bias", 1, 1500000, 0);
+    synth_add(&st, "model.edge.weight", 2, 3000, 700);
+    synth_add(&st, "model.wide.weight", 2, 2, 1500000);
     synth_fill(&st, 3);
 
     /* ---- round trip ---- */

@@ -264,7 +264,7 @@ static void test_attention(size_t B, size_t T, size_t NH, size_t NKV, size_t D, 
     free(sc);
     ok(err < 1e-5, "attention forward B=%zu T=%zu H=%zu/%zu D=%zu window=%d vs double (err %.2e)", B, T, NH,
        NKV, D, window, err);
-    float *dqkv = rnd(B * T * S, 1), *scr = zeros(T * T); /* garbage in dqkv: must be overwritten */
+    float *dqkv = rnd(B * T * S, 1), *scr = zeros(AP_KERNELS_MAX_THREADS * T * T); /* garbage in dqkv: must be overwritten */
     ap_attention_backward(dqkv, scr, c.r, c.qkv, c.att, B, T, NH, NKV, D, 1.0f / sqrtf((float)D));
     ok(fd_check(at_loss, &c, c.qkv, dqkv, B * T * S, 1e-2f) < TOL,
        "attention backward dq,dk,dv B=%zu T=%zu H=%zu/%zu D=%zu window=%d", B, T, NH, NKV, D, window);
@@ -435,6 +435,36 @@ int main(void) {
         ap_kernels_set_threads(1);
         ok(!memcmp(o1, o2, N * C * 4) && !memcmp(d1, d2, N * C * 4) && !memcmp(w1, w2, C * 4),
            "rmsnorm forward/backward bit-identical with 1 and 2 threads");
+        /* matrix products split over 2 threads (M and N splits) */
+        size_t OC = 384;
+        float *wt = rnd(OC * C, 0.1f), *y1 = zeros(N * OC), *y2 = zeros(N * OC), *dw1 = zeros(OC * C),
+              *dw2 = zeros(OC * C), *gi1 = zeros(N * C), *gi2 = zeros(N * C), *gy = rnd(N * OC, 1);
+        ap_matmul_forward(y1, x, wt, NULL, N, C, OC, 0);
+        ap_matmul_backward_input(gi1, gy, wt, N, C, OC, 0);
+        ap_matmul_backward_weight(dw1, NULL, gy, x, N, C, OC);
+        ap_kernels_set_threads(2);
+        ap_matmul_forward(y2, x, wt, NULL, N, C, OC, 0);
+        ap_matmul_backward_input(gi2, gy, wt, N, C, OC, 0);
+        ap_matmul_backward_weight(dw2, NULL, gy, x, N, C, OC);
+        ap_kernels_set_threads(1);
+        ok(tap_max_rel_err(y2, y1, N * OC, 1e-6) < 1e-6 && tap_max_rel_err(gi2, gi1, N * C, 1e-6) < 1e-6 &&
+               tap_max_rel_err(dw2, dw1, OC * C, 1e-6) < 1e-6,
+           "matmul forward/backward split over 2 threads equals 1 thread");
+        free(wt), free(y1), free(y2), free(dw1), free(dw2), free(gi1), free(gi2), free(gy);
+        /* attention over (batch, head) tasks on 2 threads: bit-identical */
+        size_t Bt = 3, Tt = 32, NH = 4, NKV = 2, D = 16, S = (NH + 2 * NKV) * D;
+        float *qkv = rnd(Bt * Tt * S, 1), *ya = zeros(Bt * Tt * NH * D), *yb = zeros(Bt * Tt * NH * D);
+        float *aa = zeros(Bt * NH * Tt * Tt), *ab = zeros(Bt * NH * Tt * Tt), *dya = rnd(Bt * Tt * NH * D, 1);
+        float *qa = zeros(Bt * Tt * S), *qb = zeros(Bt * Tt * S), *scr = zeros(AP_KERNELS_MAX_THREADS * Tt * Tt);
+        ap_attention_forward(ya, aa, qkv, Bt, Tt, NH, NKV, D, 0, 0.25f);
+        ap_attention_backward(qa, scr, dya, qkv, aa, Bt, Tt, NH, NKV, D, 0.25f);
+        ap_kernels_set_threads(2);
+        ap_attention_forward(yb, ab, qkv, Bt, Tt, NH, NKV, D, 0, 0.25f);
+        ap_attention_backward(qb, scr, dya, qkv, ab, Bt, Tt, NH, NKV, D, 0.25f);
+        ap_kernels_set_threads(1);
+        ok(!memcmp(ya, yb, Bt * Tt * NH * D * 4) && !memcmp(qa, qb, Bt * Tt * S * 4),
+           "attention forward/backward bit-identical with 1 and 2 threads");
+        free(qkv), free(ya), free(yb), free(aa), free(ab), free(dya), free(qa), free(qb), free(scr);
         free(x), free(w), free(g), free(o1), free(o2), free(r1), free(r2), free(d1), free(d2), free(w1), free(w2);
     }
     return tap_done();

@@ -349,8 +349,42 @@ static void test_names_and_init(void) {
     for (size_t i = 0; i < e->numel; i++) sum += e->param[i], sq += (double)e->param[i] * e->param[i];
     double mean = sum / e->numel, sd = sqrt(sq / e->numel - mean * mean);
     ok(fabs(mean) < 2e-4 && fabs(sd - 0.02) < 4e-4, "init: embedding ~ normal(0, 0.02) (mean %.2e, std %.5f)", mean, sd);
+    ap_stage_destroy(s);
+    mc.pad_token_id = 7;
+    mc.tie_word_embeddings = 1;
+    ap_stage *head = create(&mc, 0, 0, 0, 1, 1, 0);
+    s = create(&mc, 0, 0, 1, 0, 1, 0);
+    e = ap_llama_find_param(s, "model.embed_tokens.weight");
+    ap_param_ref *e2 = ap_llama_find_param(head, "model.embed_tokens.weight");
+    int padzero = 1;
+    for (size_t i = 0; i < 64; i++) padzero &= e->param[7 * 64 + i] == 0.0f && e2->param[7 * 64 + i] == 0.0f;
+    ok(padzero && e->param[6 * 64] != 0.0f && same(e->param, e2->param, e->numel),
+       "init: pad_token_id row of embed_tokens is 0, in the tied head-only copy too");
+    ap_stage_destroy(head);
+    float first42[4];
+    memcpy(first42, e->param, sizeof first42);
     ap_llama_init_params(s, 43);
-    ok(fabs(e->param[0] - e->param[1]) > 0 && sd > 0, "init: another seed, other values");
+    ok(memcmp(first42, e->param, sizeof first42) != 0, "init: another seed, other values");
+    ap_llama_init_params(s, 42);
+    ok(memcmp(first42, e->param, sizeof first42) == 0, "init: the same seed, the same values");
+    ap_stage_destroy(s);
+
+    /* pad_token_id lookups add no gradient to that row (nn.Embedding padding_idx) */
+    mc = base_config();
+    mc.pad_token_id = 3;
+    s = create(&mc, 0, 1, 1, 1, 1, 0);
+    int32_t tok[N], lab[N];
+    make_batch(tok, lab, mc.vocab_size, 0);
+    int has_pad = 0;
+    for (int i = 0; i < N; i++) has_pad |= tok[i] == 3;
+    double l = 0;
+    long c = 0;
+    s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &c);
+    s->ops->backward(s, 0, NULL, 1.0f, NULL);
+    e = ap_llama_find_param(s, "model.embed_tokens.weight");
+    int zero_row = 1, other = 0;
+    for (int i = 0; i < 16; i++) zero_row &= e->grad[3 * 16 + i] == 0.0f, other |= e->grad[tok[1] * 16 + i] != 0.0f;
+    ok(has_pad && zero_row && other, "embedding: no gradient into the pad_token_id row");
     ap_stage_destroy(s);
 
     mc = base_config();
@@ -415,6 +449,11 @@ int main(void) {
     for (int i = 0; i < nf; i++) test_fd(&f[i]);
     for (int i = 0; i < nf; i++) test_split(&f[i]);
     for (int i = 0; i < nf; i++) test_pipeline_contracts(&f[i]);
+    /* the same contracts with 2 threads (attention tasks split over threads) */
+    ap_kernels_set_threads(2);
+    test_pipeline_contracts(&f[5]);
+    test_pipeline_contracts(&f[6]);
+    ap_kernels_set_threads(1);
     test_names_and_init();
     test_errors();
     return tap_done();

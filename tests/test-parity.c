@@ -10,7 +10,8 @@
  * once for the whole model in one stage and once split into two pipeline
  * stages [0, 1) + [1, L) chained by hand (tied models: the two copies of
  * model.embed_tokens.weight have their gradients summed, as the pipeline
- * does). Labels are aligned with the inputs; loss = sum of CE / count. */
+ * does), and once more with activation checkpointing and the split
+ * backward (backward_input then backward_weight). Labels are aligned with the inputs; loss = sum of CE / count. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -209,6 +210,23 @@ static void run(const char *top, const char *name) {
     }
     ap_stage_destroy(s0);
     ap_stage_destroy(s1);
+
+    /* Activation checkpointing with the zero-bubble split (backward_input then backward_weight). */
+    ap_stage *ck = NULL;
+    int okc = ap_llama_stage_create(&ck, &f.mc, 0, L, 1, 1, f.B, f.T, 1, 1, err, sizeof err) == 0 &&
+              ap_load_hf_weights(ck, dir, err, sizeof err) == 0;
+    if (okc) {
+        double ls = 0;
+        long c3 = 0;
+        okc = ck->ops->forward(ck, 0, f.ids, NULL, NULL, f.labels, &ls, &c3) == 0 &&
+              ck->ops->backward_input(ck, 0, NULL, dloss, NULL) == 0 && ck->ops->backward_weight(ck, 0) == 0 &&
+              fabs(ls / (double)c3 - f.loss) / fabs((double)f.loss) <= TOL_OUT;
+    }
+    ap_stage *ck1[1] = {ck};
+    double g3 = okc ? grads_err(&f, ck1, 1, 0, name, &nchk) : INFINITY;
+    ok(okc && g3 <= TOL_GRAD, "%s: activation checkpointing + I/W split: loss and gradients (max rel err %.2e)", name,
+       g3);
+    ap_stage_destroy(ck);
 out:
     ap_stage_destroy(full);
     ap_stage_destroy(body);

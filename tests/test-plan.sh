@@ -60,6 +60,12 @@ t "bad --max-modules: exit 2" '[ $rc -eq 2 ] && has "--max-modules"'
 t "stray argument: exit 2" '[ $rc -eq 2 ] && has "unexpected argument"'
 "$A" plan --config "$tmp/missing.yaml" > "$tmp/out" 2>&1; rc=$?
 t "missing config file: exit 2" '[ $rc -eq 2 ] && has "missing.yaml"'
+mkdir -p "$tmp/hf"
+printf '{"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": true}\n' > "$tmp/hf/config.json"
+"$A" plan --model.pretrained_model_name_or_path "$tmp/hf" --model._target_ nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained > "$tmp/out" 2>&1; rc=$?
+t "from_pretrained: layers and shapes from the directory's config.json" '[ $rc -eq 0 ] && has "model: llama, 6 layers, hidden 32, heads 4 (kv 2, head_dim 8), vocab 100: 58,912 parameters (tied embeddings)" && has "Stage 1 (last): layers 3-5"'
+"$A" plan --model.pretrained_model_name_or_path "$tmp/nohf" > "$tmp/out" 2>&1; rc=$?
+t "from_pretrained: a missing directory is a clear error" '[ $rc -eq 2 ] && has "nohf"'
 t "plan --help lists the config keys" '"$A" plan --help | grep -q "num_hidden_layers=4"'
 t "autopipe help plan" '"$A" help plan | grep -q "usage: autopipe plan"'
 t "autopipe help lists plan and config" '"$A" help | grep -q "^  plan " && "$A" help | grep -q "^  config "'

@@ -25,11 +25,16 @@ static void test_actions(void) {
     ok(ap_action_parse("  2W3 ", &a, err, sizeof err) == 0 && a.type == AP_ACT_W && a.stage == 2 && a.mb == 3,
        "blanks around a cell are ignored");
     ok(ap_action_parse("", &a, err, sizeof err) == 0 && a.type == AP_ACT_NONE, "empty cell is idle");
+    ok(ap_action_parse("0UNSHARD", &a, err, sizeof err) == 0 && a.type == AP_ACT_NONE &&
+           ap_action_parse("3RESHARD", &a, err, sizeof err) == 0 && a.type == AP_ACT_NONE &&
+           ap_action_parse("1REDUCE_GRAD", &a, err, sizeof err) == 0 && a.type == AP_ACT_NONE,
+       "PyTorch's UNSHARD, RESHARD, REDUCE_GRAD cells read as idle");
     struct {
         const char *text, *want;
     } bad[] = {
         {"F1", "stage number"},     {"0X1", "action type"},        {"0F", "microbatch number"},
-        {"0F1x", "unexpected"},     {"0UNSHARD", "not supported"}, {"99999999999F1", "stage number"},
+        {"0F1x", "unexpected"},     {"(0F1;1B0)OVERLAP_F_B", "stage number"}, {"99999999999F1", "stage number"},
+        {"0OVERLAP_F_B", "not supported"}, {"0RESHARDx", "unexpected"},
         {"0F99999999999", "microbatch number"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -84,6 +89,21 @@ static void test_placement(void) {
     ok(v_ok, "v placement: 0 1 2 3 3 2 1 0");
     ok(ap_stage_to_rank(2, 6, AP_STYLE_V, 4) == 0 && ap_stage_to_rank(2, 6, AP_STYLE_V, 5) == 1,
        "v placement turns again on the third round");
+    /* the same placement as the launcher's stage_ids_this_rank (topology.h) */
+    int same = 1;
+    for (int pp = 1; pp <= 8; pp++)
+        for (int v = 1; v <= 4; v++)
+            for (int sty = AP_STYLE_LOOP; sty <= AP_STYLE_V; sty++) {
+                if (sty == AP_STYLE_V && v != 2) continue;
+                for (int r = 0; r < pp; r++) {
+                    int ids[8];
+                    char e[256];
+                    int n = stage_ids_this_rank(r, pp, pp * v, (enum ap_stage_style)sty, ids, 8, e, sizeof e);
+                    same &= n == v;
+                    for (int k = 0; k < n; k++) same &= ap_stage_to_rank(pp, pp * v, sty, ids[k]) == r;
+                }
+            }
+    ok(same, "placement agrees with topology.h's stage_ids_this_rank (loop, v)");
 }
 
 static char *path_in(const char *dir, const char *name) {
@@ -184,6 +204,55 @@ static void test_torch_generated(const char *srcdir) {
     }
 }
 
+/* same compute actions per rank in order, and as many sends and receives
+ * (PyTorch's no-op cells take turns in its lowering, so receives may sit
+ * at other places) */
+static int same_actions(const ap_schedule *a, const ap_schedule *b) {
+    if (a->pp != b->pp) return 0;
+    for (int r = 0; r < a->pp; r++) {
+        int i = 0, j = 0, comm_a = 0, comm_b = 0;
+        for (int k = 0; k < a->len[r]; k++) comm_a += a->acts[r][k].type >= AP_ACT_SEND_F;
+        for (int k = 0; k < b->len[r]; k++) comm_b += b->acts[r][k].type >= AP_ACT_SEND_F;
+        if (comm_a != comm_b) return 0;
+        for (;;) {
+            while (i < a->len[r] && !ap_act_is_compute(a->acts[r][i].type)) i++;
+            while (j < b->len[r] && !ap_act_is_compute(b->acts[r][j].type)) j++;
+            if (i == a->len[r] || j == b->len[r]) {
+                if (i != a->len[r] || j != b->len[r]) return 0;
+                break;
+            }
+            ap_action x = a->acts[r][i++], y = b->acts[r][j++];
+            if (x.type != y.type || x.stage != y.stage || x.mb != y.mb) return 0;
+        }
+    }
+    return 1;
+}
+
+/* PyTorch's _PipelineScheduleRuntime._dump_csv(format="compute_comms"):
+ * with UNSHARD/RESHARD/REDUCE_GRAD cells from its lowering passes */
+static void test_torch_runtime(const char *srcdir) {
+    struct {
+        const char *name;
+        int pp, v, m;
+    } t[] = {{"interleaved_1f1b", 2, 2, 4}, {"zbv", 2, 2, 4}};
+    for (size_t i = 0; i < 2; i++) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/tests/data/schedule/torch_%s_pp%d_v%d_m%d_runtime_compute_comms.csv",
+                 srcdir, t[i].name, t[i].pp, t[i].v, t[i].m);
+        ap_schedule *cc = NULL, *ours = NULL, *low = NULL;
+        int rc = ap_schedule_load_csv(&cc, p, t[i].pp, t[i].m, err, sizeof err);
+        rc = rc || ap_schedule_validate(cc, err, sizeof err);
+        rc = rc || ap_schedule_generate(&ours, t[i].name, NULL, t[i].pp, t[i].v, t[i].m, err, sizeof err);
+        rc = rc || ap_schedule_lower(ours, &low, err, sizeof err);
+        ok(!rc && cc->lowered && same_actions(cc, low),
+           "%s pp%d v%d m%d: PyTorch runtime dump (UNSHARD/RESHARD/REDUCE_GRAD) loads, validates, same "
+           "compute order and send/recv counts as our lowering (%s)", t[i].name, t[i].pp, t[i].v, t[i].m, rc ? err : "ok");
+        ap_schedule_free(cc);
+        ap_schedule_free(ours);
+        ap_schedule_free(low);
+    }
+}
+
 static void test_csv_errors(void) {
     struct {
         const char *text, *want;
@@ -254,6 +323,7 @@ int main(void) {
     test_roundtrip(tmp);
     test_torch_fixtures(srcdir);
     test_torch_generated(srcdir);
+    test_torch_runtime(srcdir);
     test_csv_errors();
     test_grid();
     unlink(path_in(tmp, "rt.csv"));

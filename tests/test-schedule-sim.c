@@ -10,6 +10,7 @@
 #include "trainer/schedule/schedule.h"
 
 #include <string.h>
+#include <unistd.h>
 
 static char err[65536];
 
@@ -212,6 +213,65 @@ int main(void) {
             ok(ap_sched_costs_parse(&c, bad[i], err, sizeof err) < 0 && err[0],
                "costs '%s' rejected: %s", bad[i], err);
         }
+        ap_schedule_free(s);
+    }
+    /* costs measured in a run: from our own trace (round trip) and from the executor's format */
+    {
+        ap_schedule *s;
+        ap_sched_sim r, r2;
+        ap_sched_costs c, m;
+        char path[] = "/tmp/ap-sched-trace-XXXXXX";
+        int fd = mkstemp(path);
+        build("interleaved_1f1b", 2, 2, 4, &s, &r);
+        ap_sched_sim_free(&r);
+        ap_sched_costs_default(&c);
+        ap_sched_costs_parse(&c, "F=1.5,B=2,B@3=4,F@0=0.5", err, sizeof err);
+        ap_schedule_simulate(s, &c, &r, err, sizeof err);
+        FILE *f = fdopen(fd, "w");
+        ap_schedule_write_trace(s, &r, f);
+        fclose(f);
+        ap_sched_costs_default(&m);
+        const char *paths[1] = {path};
+        int n = ap_sched_costs_from_traces(&m, paths, 1, err, sizeof err);
+        int rc = n > 0 ? ap_schedule_simulate(s, &m, &r2, err, sizeof err) : -1;
+        ok(n == 32 && rc == 0 && near(r2.makespan, r.makespan) && near(m.over[AP_ACT_B][3], 4) &&
+               near(m.over[AP_ACT_F][0], 0.5) && near(m.over[AP_ACT_F][1], 1.5),
+           "costs read back from the simulated trace predict the same makespan (%g, %g), %d events",
+           rc ? 0.0 : r2.makespan, r.makespan, n);
+        if (!rc) ap_sched_sim_free(&r2);
+        ap_sched_sim_free(&r);
+        /* the executor's trace: microseconds, other events mixed in */
+        const char *exec_trace =
+            "{\"traceEvents\":[\n"
+            "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":0,\"args\":{\"name\":\"rank 0\"}},\n"
+            "{\"name\":\"0F0\",\"cat\":\"F\",\"ph\":\"X\",\"pid\":0,\"tid\":0,\"ts\":0,\"dur\":1000},\n"
+            "{\"name\":\"0F1\",\"cat\":\"F\",\"ph\":\"X\",\"pid\":0,\"tid\":0,\"ts\":1000,\"dur\":3000},\n"
+            "{\"name\":\"0SEND_F1\",\"ph\":\"X\",\"pid\":0,\"tid\":0,\"ts\":4000,\"dur\":500},\n"
+            "{\"name\":\"optimizer\",\"ph\":\"X\",\"pid\":0,\"tid\":0,\"ts\":4000,\"dur\":500},\n"
+            "{\"name\":\"0B0\",\"cat\":\"B\",\"ph\":\"X\",\"pid\":0,\"tid\":0,\"ts\":5000,\"dur\":6000}\n"
+            "],\"displayTimeUnit\":\"ms\"}\n";
+        f = fopen(path, "w");
+        fputs(exec_trace, f);
+        fclose(f);
+        ap_sched_costs_default(&m);
+        n = ap_sched_costs_from_traces(&m, paths, 1, err, sizeof err);
+        ok(n == 3 && near(m.over[AP_ACT_F][0], 2) && near(m.cost[AP_ACT_F], 2) && near(m.cost[AP_ACT_B], 6) &&
+               near(m.cost[AP_ACT_I], 3) && near(m.cost[AP_ACT_W], 3) && !m.has_over[AP_ACT_F][1],
+           "executor trace: F mean 2 ms, B 6 ms, I and W half of B; sends and other events ignored (%d)", n);
+        const char *bad[] = {"not json", "{\"x\": 1}", "{\"traceEvents\": [{\"name\": \"opt\", \"ph\": \"X\", \"dur\": 1}]}"};
+        const char *want[] = {"expected a Chrome trace", "expected a Chrome trace", "no F, B, I or W events"};
+        for (int i = 0; i < 3; i++) {
+            f = fopen(path, "w");
+            fputs(bad[i], f);
+            fclose(f);
+            err[0] = '\0';
+            ok(ap_sched_costs_from_traces(&m, paths, 1, err, sizeof err) < 0 && strstr(err, want[i]),
+               "bad trace %d rejected: %s", i, err);
+        }
+        const char *missing[1] = {"/nonexistent/trace.json"};
+        ok(ap_sched_costs_from_traces(&m, missing, 1, err, sizeof err) < 0 && strstr(err, "cannot open"),
+           "missing trace file named: %s", err);
+        unlink(path);
         ap_schedule_free(s);
     }
     /* peak live per stage is what the executor sizes activation slots by */

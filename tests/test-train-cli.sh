@@ -41,6 +41,8 @@ t "train: pp_size 2 on one process is a usage error (2)" '[ $rc -eq 2 ] && grep 
 "$AUTOPIPE" train $tiny --dataloader.batch_size 6 > "$dir/mb.log" 2>&1
 rc=$?
 t "train: batch not a multiple of the microbatch is a usage error" '[ $rc -eq 2 ] && grep -q "pp_microbatch_size" "$dir/mb.log"'
+"$AUTOPIPE" train $tiny --step_scheduler.max_steps 3 --logging.progress on > "$dir/bar.log" 2>&1
+t "train: --logging.progress on draws a bar with an ETA" 'grep -q "\] 3/3 loss .* ETA" "$dir/bar.log" && grep -q "step 3/3 | loss" "$dir/bar.log"'
 t "train --help lists the config keys" '"$AUTOPIPE" train --help | grep -q "optimizer:.*lr="'
 echo "1..$n"
 exit $fail

@@ -130,6 +130,28 @@ int main(void) {
     ok(rc < 0 && strstr(err, "pp_microbatch_size"), "batch not a multiple of the microbatch: %s", err);
     ap_stage_destroy(s);
 
+    /* weight decay: one step with wd 0.5 vs 0 differs by exactly lr * wd * p0
+     * on decayed tensors and not at all on no_decay ones (the bias) */
+    ap_train_opts w1 = base_opts(T), w0 = base_opts(T);
+    w1.max_steps = w0.max_steps = 1;
+    w1.lr.init_lr = w0.lr.init_lr = 0.1;
+    w1.weight_decay = 0.5;
+    w0.weight_decay = 0;
+    ap_train_result rw1, rw0;
+    int cw1, cw0;
+    ap_stage *sw1 = run(&w1, tr, &rw1, err, sizeof err, &cw1), *sw0 = run(&w0, tr, &rw0, err, sizeof err, &cw0);
+    ap_stage *init = tiny_stage_create(AP_BYTE_VOCAB, 16, 2, T, 7);
+    size_t nw = 2 * (size_t)AP_BYTE_VOCAB * 16;
+    double worst = 0, bias_diff = 0;
+    for (size_t i = 0; i < nw; i++)
+        worst = fmax(worst, fabs((double)sw0->params[i] - sw1->params[i] - 0.05 * init->params[i]));
+    for (size_t i = nw; i < sw1->n_params; i++) bias_diff = fmax(bias_diff, fabs(sw0->params[i] - sw1->params[i]));
+    ok(cw1 == 0 && cw0 == 0 && worst < 1e-7 && bias_diff == 0,
+       "weight decay on weights (err %.1e), none on the no_decay bias (diff %.1e)", worst, bias_diff);
+    ap_stage_destroy(sw1);
+    ap_stage_destroy(sw0);
+    ap_stage_destroy(init);
+
     /* 4. non-finite loss stops the run, naming the step */
     o = base_opts(T);
     s = tiny_stage_create(AP_BYTE_VOCAB, 16, o.micro_batch_size, T, 7);

@@ -4,7 +4,7 @@
 #include "kernels/kernels.h"
 #include "launcher/commands.h"
 #include "trainer/hf_config.h"
-#include "checkpoint/safetensors.h"
+#include "trainer/hf_load.h"
 #include "trainer/llama.h"
 #include "trainer/tokenizer.h"
 
@@ -75,24 +75,9 @@ int ap_model_dir_config(const char *dir, ap_model_config *mc, char *err, size_t 
     return ap_hf_config_read(mc, dir, err, errlen);
 }
 
-/* Every tensor the stage holds, by FQN, from the directory's safetensors
- * (shapes checked by the reader; BF16/F16 converted). A tied model's
- * lm_head is model.embed_tokens.weight, which is the name the stage uses. */
-static int load_hf_tensors(ap_stage *s, const char *dir, char *err, size_t errlen) {
-    ap_st_model *m;
-    if (ap_st_open(&m, dir, err, errlen) < 0) return -1;
-    int rv = 0;
-    for (int r = 0; r < s->n_refs && rv == 0; r++) {
-        ap_param_ref *p = &s->refs[r];
-        rv = ap_st_read_f32(m, p->name, p->param, p->ndim, p->shape, err, errlen);
-    }
-    ap_st_close(m);
-    return rv;
-}
-
 int ap_model_dir_load(ap_stage *s, const char *dir, char *err, size_t errlen) {
     if (is_checkpoint(dir)) return g_ckpt_reader.load_weights(s, dir, err, errlen);
-    return load_hf_tensors(s, dir, err, errlen);
+    return ap_load_hf_weights(s, dir, err, errlen);
 }
 
 int ap_generator_load(ap_generator *g, const char *dir, char *err, size_t errlen) {

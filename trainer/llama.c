@@ -237,7 +237,7 @@ static size_t carve_acts(llama *m, float *base) {
     m->dln = take(base, &off, N * C);
     m->dy = take(base, &off, N * m->Q);
     m->dh = take(base, &off, N * m->FF);
-    m->datt = take(base, &off, m->T * m->T);
+    m->datt = take(base, &off, AP_KERNELS_MAX_THREADS * m->T * m->T); /* untouched pages cost no RSS */
     carve_douts(m, &m->sd, base, &off);
     return off;
 }
@@ -779,6 +779,11 @@ void ap_llama_init_params(ap_stage *s, uint64_t seed) {
                 double u2 = (double)(b >> 11) * 0x1.0p-53;
                 dst[j] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
             }
+            /* like transformers' _init_weights for nn.Embedding(padding_idx=pad_token_id)
+             * (also the tied head-only copy, which carries the same name) */
+            int pad = m->mc.pad_token_id;
+            if (strcmp(r->name, "model.embed_tokens.weight") == 0 && pad >= 0 && (size_t)pad < m->V)
+                memset(dst + (size_t)pad * m->C, 0, m->C * sizeof(float));
         }
     }
 }

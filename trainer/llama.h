@@ -69,7 +69,9 @@ const char *ap_llama_stage_error(const ap_stage *s);
  *   key = splitmix64(seed ^ fnv1a64(F)),
  *   u1 = ((splitmix64(key + 2i) >> 11) + 1) * 2^-53, u2 = (splitmix64(key + 2i + 1) >> 11) * 2^-53,
  *   value = (float)(initializer_range * sqrt(-2 ln u1) * cos(2 pi u2))   (Box-Muller)
- * where splitmix64(x) is the finaliser of SplitMix64 applied to x + 0x9E3779B97F4A7C15. */
+ * where splitmix64(x) is the finaliser of SplitMix64 applied to x + 0x9E3779B97F4A7C15.
+ * As in transformers, the pad_token_id row of model.embed_tokens.weight is 0
+ * (and lookups of the pad token add nothing to that row's gradient). */
 void ap_llama_init_params(ap_stage *s, uint64_t seed);
 
 /* Find a parameter by FQN (NULL if the stage has none). */

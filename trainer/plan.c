@@ -7,7 +7,13 @@
 #include <string.h>
 
 #include "launcher/commands.h"
+#include "trainer/hf_config.h"
 #include "trainer/param_count.h"
+
+/* model.pretrained_model_name_or_path: the directory's config.json. */
+static int read_pretrained(const char *dir, ap_model_config *mc, char *err, size_t errlen) {
+    return ap_hf_config_read(mc, dir, err, errlen);
+}
 
 /* 1234567 -> "1,234,567" */
 static const char *commas(long long v, char *buf, size_t len) {
@@ -165,6 +171,7 @@ int ap_cmd_plan(int argc, char **argv) {
         goto out;
     }
     ap_model_config mc;
+    ap_config_set_pretrained_reader(read_pretrained);
     if (ap_config_model(&cfg, &mc, err, sizeof err) || ap_split_plan(&cfg, &mc, &sp, err, sizeof err)) {
         fprintf(stderr, "autopipe plan: %s\n", err);
         goto out;

@@ -18,16 +18,60 @@
 
 static int n_threads = 1;
 
+/* All parallelism is OpenMP: OpenBLAS always runs single-threaded inside
+ * the calling thread, and large products are split across the OpenMP team
+ * below. Two thread pools (OpenMP's and OpenBLAS's pthreads) spinning on the
+ * same cores slowed a 2-thread step 3x on a shared machine. */
 void ap_kernels_set_threads(int n) {
     if (n < 1) n = 1;
+    if (n > AP_KERNELS_MAX_THREADS) n = AP_KERNELS_MAX_THREADS;
     n_threads = n;
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    openblas_set_num_threads(n);
+    openblas_set_num_threads(1);
 }
 
 int ap_kernels_threads(void) { return n_threads; }
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Row-major C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, split over
+ * the threads along the larger of M and N (never along K, so every element
+ * is summed in the same order by one single-threaded sgemm). */
+static void gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A,
+                 size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+    enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+    int nt = n_threads;
+    if (nt == 1 || (double)M * N * K < (double)(1 << 21)) {
+        cblas_sgemm(CblasRowMajor, TA, TB, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb,
+                    beta, C, (int)ldc);
+        return;
+    }
+    int split_m = M >= N;
+    size_t D = split_m ? M : N;
+    size_t chunk = ((D + (size_t)nt - 1) / (size_t)nt + 15) & ~(size_t)15;
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+    for (int t = 0; t < nt; t++) {
+        size_t lo = (size_t)t * chunk, hi = lo + chunk < D ? lo + chunk : D;
+        if (lo >= hi) continue;
+        if (split_m) {
+            const float *a = ta ? A + lo : A + lo * lda;
+            cblas_sgemm(CblasRowMajor, TA, TB, (int)(hi - lo), (int)N, (int)K, alpha, a, (int)lda, B,
+                        (int)ldb, beta, C + lo * ldc, (int)ldc);
+        } else {
+            const float *b = tb ? B + lo * ldb : B + lo;
+            cblas_sgemm(CblasRowMajor, TA, TB, (int)M, (int)(hi - lo), (int)K, alpha, A, (int)lda, b,
+                        (int)ldb, beta, C + lo, (int)ldc);
+        }
+    }
+}
 
 /* ------------------------------------------------------------------ matmul */
 
@@ -40,8 +84,7 @@ void ap_matmul_forward(float *out, const float *inp, const float *weight, const 
         for (size_t n = 0; n < N; n++) memcpy(out + n * OC, bias, OC * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)C, 1.0f, inp, (int)C,
-                weight, (int)C, beta, out, (int)OC);
+    gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
     if (bias && accumulate) {
 #pragma omp parallel for if (N * OC > PAR_MIN)
         for (size_t n = 0; n < N; n++)
@@ -51,8 +94,7 @@ void ap_matmul_forward(float *out, const float *inp, const float *weight, const 
 
 void ap_matmul_backward_input(float *dinp, const float *dout, const float *weight, size_t N,
                               size_t C, size_t OC, int accumulate) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)OC, 1.0f, dout,
-                (int)OC, weight, (int)C, accumulate ? 1.0f : 0.0f, dinp, (int)C);
+    gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, accumulate ? 1.0f : 0.0f, dinp, C);
 }
 
 /* dst (C) += sum over rows n of src (N, C) [* scale per row], rows in order. */
@@ -71,8 +113,7 @@ static void colsum_acc(float *dst, const float *src, size_t N, size_t C) {
 
 void ap_matmul_backward_weight(float *dweight, float *dbias, const float *dout, const float *inp,
                                size_t N, size_t C, size_t OC) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)C, (int)N, 1.0f, dout,
-                (int)OC, inp, (int)C, 1.0f, dweight, (int)C);
+    gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) colsum_acc(dbias, dout, N, OC);
 }
 
@@ -250,22 +291,15 @@ static inline size_t window_lo(size_t i, int window) {
     return (window > 0 && i + 1 > (size_t)window) ? i + 1 - (size_t)window : 0;
 }
 
-void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size_t T, size_t NH,
-                          size_t NKV, size_t D, int window, float scale) {
-    size_t S = (NH + 2 * NKV) * D, Q = NH * D, group = NH / NKV;
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < NH; h++) {
-            const float *q = qkv + b * T * S + h * D;
-            const float *k = qkv + b * T * S + Q + (h / group) * D;
-            float *a = att + (b * NH + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, scale, q,
-                        (int)S, k, (int)S, 0.0f, a, (int)T);
-        }
-    /* masked softmax over every row of every (b, h) */
-#pragma omp parallel for if (B * NH * T * T > PAR_MIN)
-    for (size_t r = 0; r < B * NH * T; r++) {
-        size_t i = r % T, lo = window_lo(i, window);
-        float *row = att + r * T;
+/* One (batch, head): scores, masked softmax, P V. */
+static void attention_head_forward(float *y, float *a, const float *q, const float *k,
+                                   const float *v, size_t T, size_t D, size_t S, size_t Q,
+                                   int window, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, scale, q, (int)S, k,
+                (int)S, 0.0f, a, (int)T);
+    for (size_t i = 0; i < T; i++) {
+        size_t lo = window_lo(i, window);
+        float *row = a + i * T;
         float mx = -INFINITY;
         for (size_t j = lo; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
         float sum = 0;
@@ -278,41 +312,53 @@ void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size
         for (size_t j = lo; j <= i; j++) row[j] *= inv;
         for (size_t j = i + 1; j < T; j++) row[j] = 0;
     }
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < NH; h++) {
-            const float *v = qkv + b * T * S + Q + NKV * D + (h / group) * D;
-            const float *a = att + (b * NH + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, a,
-                        (int)T, v, (int)S, 0.0f, y + b * T * Q + h * D, (int)Q);
-        }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, a, (int)T, v,
+                (int)S, 0.0f, y, (int)Q);
+}
+
+void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size_t T, size_t NH,
+                          size_t NKV, size_t D, int window, float scale) {
+    size_t S = (NH + 2 * NKV) * D, Q = NH * D, group = NH / NKV;
+    /* one task per (batch, head), each a single-threaded sgemm pair */
+#pragma omp parallel for schedule(static) if (n_threads > 1)
+    for (size_t bh = 0; bh < B * NH; bh++) {
+        size_t b = bh / NH, h = bh % NH;
+        const float *base = qkv + b * T * S;
+        attention_head_forward(y + b * T * Q + h * D, att + bh * T * T, base + h * D,
+                               base + Q + (h / group) * D, base + Q + NKV * D + (h / group) * D, T, D,
+                               S, Q, window, scale);
+    }
 }
 
 void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const float *qkv,
                            const float *att, size_t B, size_t T, size_t NH, size_t NKV, size_t D,
                            float scale) {
     size_t S = (NH + 2 * NKV) * D, Q = NH * D, group = NH / NKV;
-    /* dk and dv sum over the query heads of a group: start from zero */
-#pragma omp parallel for if (B * T * S > PAR_MIN)
-    for (size_t n = 0; n < B * T; n++) memset(dqkv + n * S + Q, 0, 2 * NKV * D * sizeof(float));
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < NH; h++) {
-            size_t kvh = h / group;
+    /* one task per (batch, kv head): the query heads of a group add into the
+     * same dk, dv, so they run in order inside one task */
+#pragma omp parallel for schedule(static) if (n_threads > 1)
+    for (size_t bk = 0; bk < B * NKV; bk++) {
+        size_t b = bk / NKV, kvh = bk % NKV;
+        float *ds = scratch + (size_t)thread_id() * T * T;
+        const float *k = qkv + b * T * S + Q + kvh * D;
+        const float *v = qkv + b * T * S + Q + NKV * D + kvh * D;
+        float *dk = dqkv + b * T * S + Q + kvh * D;
+        float *dv = dqkv + b * T * S + Q + NKV * D + kvh * D;
+        for (size_t t = 0; t < T; t++) {
+            memset(dk + t * S, 0, D * sizeof(float));
+            memset(dv + t * S, 0, D * sizeof(float));
+        }
+        for (size_t h = kvh * group; h < (kvh + 1) * group; h++) {
             const float *q = qkv + b * T * S + h * D;
-            const float *k = qkv + b * T * S + Q + kvh * D;
-            const float *v = qkv + b * T * S + Q + NKV * D + kvh * D;
             float *dq = dqkv + b * T * S + h * D;
-            float *dk = dqkv + b * T * S + Q + kvh * D;
-            float *dv = dqkv + b * T * S + Q + NKV * D + kvh * D;
             const float *a = att + (b * NH + h) * T * T;
             const float *g = dy + b * T * Q + h * D;
-            float *ds = scratch;
             /* dP = dY V^T;  dV += P^T dY */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, g,
                         (int)Q, v, (int)S, 0.0f, ds, (int)T);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, a,
                         (int)T, g, (int)Q, 1.0f, dv, (int)S);
             /* softmax backward: dS = P (dP - rowsum(P dP)) * scale */
-#pragma omp parallel for if (T * T > PAR_MIN)
             for (size_t i = 0; i < T; i++) {
                 const float *p = a + i * T;
                 float *d = ds + i * T;
@@ -327,6 +373,7 @@ void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const f
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds,
                         (int)T, q, (int)S, 1.0f, dk, (int)S);
         }
+    }
 }
 
 /* --------------------------------------------------------------- gated MLP */

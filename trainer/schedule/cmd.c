@@ -27,6 +27,9 @@ static void usage(FILE *f) {
             "  -c, --csv FILE            load a schedule CSV (PyTorch's compute_only or compute_comms)\n"
             "  -C, --costs LIST          action costs, default F=1,B=2,I=1,W=1,comm=0;\n"
             "                            TYPE@STAGE=X for one stage (B@3=2.5)\n"
+            "  -T, --costs-from TRACE    costs measured in a run: mean F/B/I/W durations (ms) per stage\n"
+            "                            from Chrome trace files (repeat for each rank's file);\n"
+            "                            --costs applies on top\n"
             "  -g, --grid                also print the step grid (steps down, ranks across)\n"
             "  -l, --lowered             grid and CSV with SEND/RECV actions (compute_comms)\n"
             "  -f, --forward-only        only the forwards, as the validation pass runs them\n"
@@ -55,6 +58,7 @@ int ap_cmd_schedule(int argc, char **argv) {
         {"stages-per-rank", required_argument, NULL, 'v'},
         {"csv", required_argument, NULL, 'c'},
         {"costs", required_argument, NULL, 'C'},
+        {"costs-from", required_argument, NULL, 'T'},
         {"grid", no_argument, NULL, 'g'},
         {"lowered", no_argument, NULL, 'l'},
         {"forward-only", no_argument, NULL, 'f'},
@@ -63,11 +67,13 @@ int ap_cmd_schedule(int argc, char **argv) {
         {NULL, 0, NULL, 0},
     };
     const char *name = NULL, *csv = NULL, *costs_s = NULL, *outp = NULL;
+    const char *traces[64];
+    int n_traces = 0;
     int pp = 0, mb = 0, v = 0, grid = 0, lowered_out = 0, fwd_only = 0, c;
     char err[65536];
     ap_sched_costs costs;
     ap_sched_costs_default(&costs);
-    while ((c = getopt_long(argc, argv, "s:p:m:v:c:C:glfo:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:p:m:v:c:C:T:glfo:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': name = optarg; break;
         case 'p':
@@ -81,6 +87,13 @@ int ap_cmd_schedule(int argc, char **argv) {
             break;
         case 'c': csv = optarg; break;
         case 'C': costs_s = optarg; break;
+        case 'T':
+            if (n_traces == 64) {
+                fprintf(stderr, "autopipe schedule: at most 64 --costs-from files\n");
+                return AP_EXIT_USAGE;
+            }
+            traces[n_traces++] = optarg;
+            break;
         case 'g': grid = 1; break;
         case 'l': lowered_out = 1; break;
         case 'f': fwd_only = 1; break;
@@ -101,6 +114,15 @@ int ap_cmd_schedule(int argc, char **argv) {
     if (!csv && (pp < 1 || mb < 1)) {
         fprintf(stderr, "autopipe schedule: --pp and --microbatches are required with --schedule\n");
         return AP_EXIT_USAGE;
+    }
+    if (n_traces) {
+        int n = ap_sched_costs_from_traces(&costs, traces, n_traces, err, sizeof err);
+        if (n < 0) {
+            fprintf(stderr, "autopipe schedule: %s\n", err);
+            return AP_EXIT_USAGE;
+        }
+        printf("costs from %d measured actions (ms): F %.4g, B %.4g, I %.4g, W %.4g\n", n,
+               costs.cost[AP_ACT_F], costs.cost[AP_ACT_B], costs.cost[AP_ACT_I], costs.cost[AP_ACT_W]);
     }
     if (costs_s && ap_sched_costs_parse(&costs, costs_s, err, sizeof err)) {
         fprintf(stderr, "autopipe schedule: %s\n", err);

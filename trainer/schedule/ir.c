@@ -174,6 +174,22 @@ int ap_action_parse(const char *text, ap_action *out, char *err, size_t errlen) 
         return -1;
     }
     const char *t = cell + k;
+    /* PyTorch's runtime lowering adds FSDP and gradient-reduction steps
+     * ("0UNSHARD", "0RESHARD", "0REDUCE_GRAD"): not ours to run (no FSDP; the
+     * executor reduces grads itself), so they read as idle cells */
+    static const char *const noops[] = {"UNSHARD", "RESHARD", "REDUCE_GRAD"};
+    for (size_t q = 0; q < sizeof noops / sizeof noops[0]; q++) {
+        size_t l = strlen(noops[q]);
+        if (!strncmp(t, noops[q], l)) {
+            const char *rest = t + l;
+            while (isdigit((unsigned char)*rest)) rest++;
+            if (*rest) {
+                seterr(err, errlen, "'%s': unexpected '%s' after %s", cell, rest, noops[q]);
+                return -1;
+            }
+            return 0;
+        }
+    }
     int type = AP_ACT_NONE;
     size_t tl = 0;
     /* longest match first: SEND_F before F */
@@ -188,7 +204,7 @@ int ap_action_parse(const char *text, ap_action *out, char *err, size_t errlen) 
     if (type == AP_ACT_NONE) {
         seterr(err, errlen,
                "'%s': expected an action type F, B, I, W, SEND_F, RECV_F, SEND_B or RECV_B after the "
-               "stage (UNSHARD, RESHARD, REDUCE_GRAD and OVERLAP_F_B are not supported)",
+               "stage (OVERLAP_F_B, as in DualPipeV, is not supported)",
                cell);
         return -1;
     }

@@ -213,7 +213,14 @@ int ap_schedule_render_image(const ap_schedule *s, const ap_sched_sim *r, const 
     }
     double left = 70, top = 60, row_h = 34, right = 170;
     double span = r->makespan > 0 ? r->makespan : 1;
-    double scale = fmin(60, fmax(4, 1400 / span));
+    /* wide enough that the shortest box can hold a label, within 8000 px */
+    double dmin = 0;
+    for (int e = 0; e < r->n_ev; e++) {
+        double d = r->ev[e].end - r->ev[e].start;
+        if (d > 1e-12 && (dmin == 0 || d < dmin)) dmin = d;
+    }
+    double want = s->stages_per_rank > 1 ? 30 : 20;
+    double scale = fmin(60, fmax(1400 / span, dmin > 0 ? want / dmin : 4));
     if (span * scale > 8000) scale = 8000 / span;
     double W = ceil(left + span * scale + right), H = ceil(top + s->pp * row_h + 30);
     cairo_surface_t *surf = svg ? cairo_svg_surface_create(path, W, H)

@@ -172,6 +172,14 @@ void ap_sched_costs_default(ap_sched_costs *c);
 /* "F=1,B=2,I=1,W=1,comm=0.5,F@3=2" (any subset; TYPE@STAGE for one stage). */
 int ap_sched_costs_parse(ap_sched_costs *c, const char *text, char *err, size_t errlen);
 
+/* Costs measured in a run: averages the durations of the F/B/I/W events of
+ * Chrome trace files (the executor's trace, or ap_schedule_write_trace) per
+ * type and stage, in milliseconds, into c (per-stage overrides, and the
+ * type's mean as its cost; a missing I/W is half the B, a missing B is I+W).
+ * Returns the number of events used, or -1. */
+int ap_sched_costs_from_traces(ap_sched_costs *c, const char *const *paths, int n_paths, char *err,
+                               size_t errlen);
+
 typedef struct {
     int rank, index; /* position in s->acts[rank] */
     ap_action a;
