@@ -300,6 +300,12 @@ void ap_pipeline_set_opts(const ap_pipeline *p, ap_train_opts *o) {
     o->is_log_rank = p->mesh.rank == 0;
 }
 
+void ap_pipeline_topology(const ap_pipeline *p, int *pp, int *dp, int *stages_per_rank) {
+    *pp = p->mesh.mesh.size[AP_AXIS_PP];
+    *dp = p->mesh.mesh.size[AP_AXIS_DP];
+    *stages_per_rank = p->split.stages_per_rank;
+}
+
 size_t ap_pipeline_param_count(const ap_pipeline *p) { return p->total_params; }
 
 const char *ap_pipeline_stage_error(const ap_pipeline *p) {
