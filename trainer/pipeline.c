@@ -111,8 +111,10 @@ struct ap_pipeline {
 
 int ap_pipeline_wanted(const ap_config *cfg) {
     (void)cfg;
+    /* SLURM_STEP_NUM_TASKS: an srun step without the plugin's flags (Slurm's
+     * PMIx sets no size variable before MPI_Init; a batch script has none). */
     static const char *vars[] = {"AUTOPIPE_PP_SIZE", "AUTOPIPE_DP_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
-                                 "PMIX_SIZE"};
+                                 "PMIX_SIZE",        "SLURM_STEP_NUM_TASKS"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
         const char *v = getenv(vars[i]);
         if (v && atoi(v) > 1) return 1;
