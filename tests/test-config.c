@@ -240,7 +240,7 @@ static void test_errors(void) {
     expect_error("out of range: beyond int", "rng:\n  seed: 99999999999\n", 0, NULL,
                  "rng.seed: 99999999999 is out of range", NULL);
     expect_error("null for a non-nullable key", "model:\n  hidden_size: null\n", 0, NULL,
-                 "model.hidden_size may not be null", "expected an integer >= 1");
+                 "model.hidden_size may not be null", "expected an integer in [1, 1048576]");
     expect_error("duplicate key", "model:\n  hidden_size: 8\n  hidden_size: 16\n", 0, NULL,
                  "c.yaml:3:3: duplicate key 'model.hidden_size'", NULL);
     expect_error("duplicate section", "model:\n  hidden_size: 8\nmodel:\n  vocab_size: 16\n", 0, NULL,
