@@ -274,6 +274,13 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
             }
             e->has_moments = nc == 3;
             e->file = i;
+            /* the arrays are stored uncompressed: they cannot exceed their file
+             * (this also bounds every buffer a reader allocates from the manifest) */
+            if (numel * 4 * nc > (double)ck->files[i].size) {
+                seterr(err, errlen, "%s (%s): %.0f bytes of data, more than %s's %" PRIu64 " bytes", where, e->name,
+                       numel * 4 * nc, ck->files[i].name, ck->files[i].size);
+                return -1;
+            }
             ck->nents++;
         }
         i++;
