@@ -63,6 +63,9 @@ bad "manifest cut short" "$T/json/$S" "manifest.json: not valid JSON"
 fresh unc; rm "$T/unc/$S/COMMITTED"
 bad "uncommitted directory" "$T/unc/$S" "uncommitted checkpoint: no COMMITTED marker"
 
+mkdir -p "$T/uncdir"; cp -a "$T/unc/$S" "$T/uncdir/"
+bad "checkpoint_dir holding only an uncommitted save" "$T/uncdir" "uncdir: no committed checkpoint: only uncommitted step directories such as step_00000005"
+
 mkdir -p "$T/empty/some/thing"
 bad "directory that is not a checkpoint" "$T/empty" "empty: not an autopipe checkpoint"
 bad "a file instead of a directory" "$T/good/$S/COMMITTED" "COMMITTED: not a directory"
