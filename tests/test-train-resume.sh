@@ -51,6 +51,8 @@ t "pp=1: per-step losses identical" 'same_losses a1 b1'
 t "pp=1: final parameters and moments bitwise identical (ckpt diff --rtol 0)" '"$A" ckpt diff a1/latest b1/latest --rtol 0'
 t "pp=1: checkpoint state: step 6, samples 48, tokens 1536, data position, lr step" \
   '"$A" ckpt info b1 --json | tr -d " \t\n" >i.json && grep -q "\"step\":6," i.json && grep -q "\"samples_consumed\":48," i.json && grep -q "\"tokens_consumed\":1536," i.json && grep -q "\"lr_step\":6," i.json && tr -d " \t\n" <b1/latest/manifest.json | grep -q "\"data_position\":\[\"1234\",\"0\",\"48\"\]"'
+t "pp=1: a resumed run appends to its logging.metrics_file (steps 1..6 in one file, as straight)" \
+  'AUTOPIPE_PREEMPT_AT_STEP=3 "$A" train $P1 --checkpoint.checkpoint_dir m1 --logging.metrics_file m1.jsonl; "$A" train $P1 --checkpoint.checkpoint_dir m1 --logging.metrics_file m1.jsonl && losses m1.jsonl >lm && losses a1.1.jsonl >la1 && cmp lm la1'
 
 # ---- pp = 2, 1f1b ----
 t "pp=2 1f1b: 6 steps straight" 'run 2 a2 $P2'
