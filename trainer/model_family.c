@@ -44,6 +44,7 @@ static const ap_model_family llama_family = {
     .embed_module = "model.embed_tokens",
     .layer_module = "model.layers.%d",
     .head_modules = {"model.norm", "lm_head", NULL},
+    .shared_module = "model.rotary_emb",
     .can_tie = 1,
     .load_dir = ap_model_dir_load,
 };

@@ -45,6 +45,7 @@ typedef struct {
     const char *embed_module;   /* "model.embed_tokens" */
     const char *layer_module;   /* printf format of layer N: "model.layers.%d" */
     const char *head_modules[3]; /* "model.norm", "lm_head" */
+    const char *shared_module;  /* on every stage the split marks has_rotary: "model.rotary_emb"; NULL: none */
     /* Tied input/output embeddings supported (the pipeline sums the copies). */
     int can_tie;
     /* Loads pretrained weights from a directory; NULL: the family has none. */
