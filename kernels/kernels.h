@@ -83,7 +83,7 @@ void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size
  * scratch (nt, T, T) with nt = ap_kernels_threads() (or AP_KERNELS_MAX_THREADS) */
 void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const float *qkv,
                            const float *att, size_t B, size_t T, size_t NH, size_t NKV, size_t D,
-                           float scale);
+                           int window, float scale);
 
 /* ---- gated MLP activation: h = act(gate) * up ---- */
 enum { AP_GLU_SILU = 0, AP_GLU_GELU_TANH = 1 }; /* SwiGLU, GeGLU (gelu_pytorch_tanh) */

@@ -111,8 +111,10 @@ struct ap_pipeline {
 
 int ap_pipeline_wanted(const ap_config *cfg) {
     (void)cfg;
+    /* SLURM_STEP_NUM_TASKS: an srun step without the plugin's flags (Slurm's
+     * PMIx sets no size variable before MPI_Init; a batch script has none). */
     static const char *vars[] = {"AUTOPIPE_PP_SIZE", "AUTOPIPE_DP_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
-                                 "PMIX_SIZE"};
+                                 "PMIX_SIZE",        "SLURM_STEP_NUM_TASKS"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
         const char *v = getenv(vars[i]);
         if (v && atoi(v) > 1) return 1;
@@ -309,6 +311,12 @@ void ap_pipeline_set_opts(const ap_pipeline *p, ap_train_opts *o) {
     o->dp_rank = p->mesh.coord.r[AP_AXIS_DP];
     o->dp_size = p->mesh.mesh.size[AP_AXIS_DP];
     o->is_log_rank = p->mesh.rank == 0;
+}
+
+void ap_pipeline_topology(const ap_pipeline *p, int *pp, int *dp, int *stages_per_rank) {
+    *pp = p->mesh.mesh.size[AP_AXIS_PP];
+    *dp = p->mesh.mesh.size[AP_AXIS_DP];
+    *stages_per_rank = p->split.stages_per_rank;
 }
 
 size_t ap_pipeline_param_count(const ap_pipeline *p) { return p->total_params; }

@@ -103,6 +103,10 @@ static int train_checkpoint_save(const ap_train_state *st, char *err, size_t err
     return g_ckpt.save ? g_ckpt.save(g_ckpt.ctx, st, err, errlen) : 0;
 }
 
+static int train_checkpoint_stop(long steps_done, char *err, size_t errlen) {
+    return g_ckpt.stop ? g_ckpt.stop(g_ckpt.ctx, steps_done, err, errlen) : 0;
+}
+
 /* ---- the loop ---- */
 
 static double now_s(void) {
@@ -294,10 +298,28 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
             res->last_val_loss = vl;
             if (o->is_log_rank && !o->quiet) ap_metrics_val(&met, step + 1, vl, vn);
         }
+        int saved = 0;
         if ((o->ckpt_every_steps > 0 && (step + 1) % o->ckpt_every_steps == 0) || step + 1 == o->max_steps) {
             st.step = step + 1;
             st.data = train->st;
             if (train_checkpoint_save(&st, err, errlen) < 0) goto done;
+            saved = 1;
+        }
+        /* 7. preemption: every rank agrees at this step boundary */
+        if (step + 1 < o->max_steps) {
+            int stop = train_checkpoint_stop(step + 1, err, errlen);
+            if (stop < 0) goto done;
+            if (stop) {
+                if (!saved) {
+                    st.step = step + 1;
+                    st.data = train->st;
+                    if (train_checkpoint_save(&st, err, errlen) < 0) goto done;
+                }
+                res->preempted = 1;
+                if (o->is_log_rank && !o->quiet)
+                    ap_metrics_note(&met, "stop requested (signal): checkpoint of step %ld saved, exiting", step + 1);
+                break;
+            }
         }
     }
     rv = 0;

@@ -93,6 +93,7 @@ typedef struct {
     double last_grad_norm;
     double last_val_loss;       /* NaN when never validated */
     int nonfinite;              /* stopped on a NaN/Inf loss or grad norm */
+    int preempted;              /* stopped early by the stop hook (a signal), checkpoint saved */
 } ap_train_result;
 
 /* What a checkpoint saves and restores (the checkpoint part implements the hooks). */
@@ -112,6 +113,10 @@ typedef struct {
     /* Called every ckpt_every_steps and after the last step. */
     int (*save)(void *ctx, const ap_train_state *st, char *err, size_t errlen);
     void *ctx;
+    /* Called after every step but the last (collective: every rank gets the
+     * same answer): 1 = save now and stop (preemption), 0 = go on, < 0 error.
+     * May be NULL. */
+    int (*stop)(void *ctx, long steps_done, char *err, size_t errlen);
 } ap_checkpoint_hooks;
 
 /* Installs the checkpoint implementation (NULL: none; the loop then saves nothing). */

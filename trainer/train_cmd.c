@@ -6,6 +6,7 @@
 #include "kernels/kernels.h"
 #include "launcher/commands.h"
 #include "launcher/config.h"
+#include "launcher/mesh.h"
 #include "trainer/generate.h"
 #include "trainer/llama.h"
 #include "trainer/metrics.h"
@@ -14,6 +15,7 @@
 #include "trainer/plan.h"
 #include "trainer/split.h"
 #include "trainer/tokenizer.h"
+#include "trainer/train_ckpt.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -184,6 +186,10 @@ int ap_train_main(const ap_config *cfg) {
     FILE *out = stdout;     /* under the pipeline only the log rank reports */
     ap_train_result res = {0};
     ap_loader loader = {0};
+    ap_train_ckpt ck;
+    memset(&ck, 0, sizeof ck);
+    ck.comm = MPI_COMM_NULL;
+    int own_mpi = 0, agreed = 0, world_rank = 0;
     int L = mc.num_hidden_layers;
     const char *pre = cfg->model.pretrained_model_name_or_path;
     size_t n_params;
@@ -231,25 +237,52 @@ int ap_train_main(const ap_config *cfg) {
     ap_step_engine e1, *e = &e1;
     if (pl) e = ap_pipeline_get_engine(pl);
     else ap_step_engine_single(&e1, &s);
+    /* checkpoints go through the MPI library: one process initialises MPI itself */
+    if (!pl && ap_train_ckpt_wanted(cfg)) {
+        int inited = 0;
+        MPI_Initialized(&inited);
+        if (!inited) {
+            if (ap_mpi_init(NULL, NULL, err, sizeof err) < 0) goto fail;
+            own_mpi = 1;
+        }
+    }
+    if (pl || own_mpi) {
+        int pp = 1, dp = 1, spr = 1, usage = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+        if (pl) ap_pipeline_topology(pl, &pp, &dp, &spr);
+        if (ap_train_ckpt_init(&ck, cfg, &mc, MPI_COMM_WORLD, pp, dp, o.dp_rank, spr, &usage, err, sizeof err) < 0) {
+            agreed = 1;
+            rv = usage ? AP_EXIT_USAGE : AP_EXIT_FAIL;
+            goto fail;
+        }
+    }
+    ap_preempt_install(world_rank);
+    ap_train_ckpt_install(&ck);
     double t0 = now_s();
     if (ap_train_loop(&o, e, &loader, va, cfg, &res, err, sizeof err) < 0) goto fail;
     fprintf(out, "done: %ld steps in %.1f s, loss %.4f -> %.4f", res.steps, now_s() - t0, res.first_loss,
             res.last_loss);
     if (!isnan(res.last_val_loss)) fprintf(out, ", val_loss %.4f", res.last_val_loss);
     fprintf(out, ", peak RSS %.0f MiB\n", ap_peak_rss_mib());
+    if (res.preempted)
+        fprintf(out, "stopped by a signal after step %ld with a checkpoint: exit status %d (requeue and resume)\n",
+                res.steps, AP_EXIT_REQUEUE);
     fflush(out);
-    rv = AP_EXIT_OK;
+    rv = res.preempted ? AP_EXIT_REQUEUE : AP_EXIT_OK;
 fail:
-    if (rv != AP_EXIT_OK) {
+    if (rv != AP_EXIT_OK && rv != AP_EXIT_REQUEUE && (!agreed || world_rank == 0)) {
         const char *why = s ? ap_llama_stage_error(s) : pl ? ap_pipeline_stage_error(pl) : "";
         fprintf(stderr, "autopipe train: %s%s%s\n", err, why && *why ? ": " : "", why ? why : "");
     }
+    ap_train_set_checkpoint_hooks(NULL);
+    ap_train_ckpt_free(&ck);
     if (out && out != stdout) fclose(out);
     ap_loader_free(&loader);
     ap_stage_destroy(s);
     /* a failure on one rank leaves its peers waiting in the schedule; a
-     * non-finite loss or norm is seen by every rank alike */
-    if (rv != AP_EXIT_OK && pl && !res.nonfinite) MPI_Abort(MPI_COMM_WORLD, rv);
+     * non-finite loss or norm, or a failure all ranks agreed on, is seen by every rank alike */
+    if (rv != AP_EXIT_OK && rv != AP_EXIT_REQUEUE && pl && !res.nonfinite && !agreed) MPI_Abort(MPI_COMM_WORLD, rv);
+    if (own_mpi) MPI_Finalize();
     ap_pipeline_destroy(pl);
     ap_dataset_free(tr);
     ap_dataset_free(va);
@@ -260,7 +293,8 @@ static void train_usage(FILE *f) {
     fprintf(f, "usage: autopipe train [--config FILE] [--section.key VALUE]... [--dry-run]\n\n"
                "Trains a model on one process (pp_size = dp_size = 1). Without --config: the built-in tiny\n"
                "Llama on the built-in text. One log line per step; metrics to logging.metrics_file.\n"
-               "Exit status: 0 ok, 1 failure (including a NaN/Inf loss or gradient norm), 2 bad config.\n\n"
+               "Exit status: 0 ok, 1 failure (including a NaN/Inf loss or gradient norm), 2 bad config,\n"
+               "75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (requeue: checkpoint.resume auto goes on).\n\n"
                "Configuration keys:\n");
     ap_config_emit_help(f);
 }
