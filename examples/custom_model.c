@@ -309,7 +309,7 @@ static void layer_backward_input(custom *m, const cm_w *w, cm_w *g, const cm_act
     ap_layernorm_backward(m->dx, g->n1w, g->n1b, m->dt, a->r1, w->n1w, a->mean1, a->rstd1, N, C, 0);
     memcpy(d->da, m->dx, N * C * sizeof(float));
     ap_matmul_backward_input(m->dy, d->da, w->wo, N, C, C, 0);
-    ap_attention_backward(d->dqkv, m->att_scratch, m->dy, a->qkv, a->att, m->B, m->T, m->H, m->H, m->D, m->scale);
+    ap_attention_backward(d->dqkv, m->att_scratch, m->dy, a->qkv, a->att, m->B, m->T, m->H, m->H, m->D, 0, m->scale);
     ap_matmul_backward_input(m->dx, d->dqkv, w->win, N, C, 3 * C, 1); /* dx = dr1 + attention path */
 }
 
