@@ -43,7 +43,7 @@ t "train --dry-run with a bad config: exit 2 naming the key" '[ $rc -eq 2 ] && h
 # train: the summary first, then training
 "$A" train $C --distributed.pp_size 1 --model.num_hidden_layers 2 --model.hidden_size 16 --model.num_attention_heads 2 \
     --dataloader.seq_len 16 --dataloader.batch_size 2 --step_scheduler.max_steps 2 --step_scheduler.val_every_steps 0 \
-    --logging.progress off > "$tmp/out" 2>&1; rc=$?
+    --logging.progress off --checkpoint.checkpoint_dir "$tmp/ck1" > "$tmp/out" 2>&1; rc=$?
 t "train (one process) prints the summary before step 1 and trains the custom model" '[ $rc -eq 0 ] && [ $(grep -n "^activations: estimated" "$tmp/out" | cut -d: -f1) -lt $(grep -n "^step 1/2" "$tmp/out" | cut -d: -f1) ] && has "model: custom, 2 layers" && has "done: 2 steps"'
 
 if [ -n "$MPIRUN" ]; then
@@ -51,7 +51,7 @@ if [ -n "$MPIRUN" ]; then
     t "mpirun -np 2 train --dry-run: one summary, exit 0" '[ $rc -eq 0 ] && [ $(grep -c "^mesh: pp 2" "$tmp/out") -eq 1 ] && [ $(grep -c "^pp rank" "$tmp/out") -eq 2 ]'
     $MPIRUN -np 2 "$A" train $C --model.num_hidden_layers 2 --model.hidden_size 16 --model.num_attention_heads 2 \
         --dataloader.seq_len 16 --dataloader.batch_size 4 --step_scheduler.max_steps 2 --step_scheduler.val_every_steps 0 \
-        --logging.progress off > "$tmp/out" 2>&1; rc=$?
+        --logging.progress off --checkpoint.checkpoint_dir "$tmp/ck2" > "$tmp/out" 2>&1; rc=$?
     t "mpirun -np 2 train of the custom model: summary once (rank 0), then 2 steps" '[ $rc -eq 0 ] && [ $(grep -c "^activations: estimated" "$tmp/out") -eq 1 ] && has "  - output_proj" && has "done: 2 steps"'
 fi
 echo "1..$n"
