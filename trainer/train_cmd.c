@@ -69,7 +69,9 @@ void ap_train_opts_from_config(ap_train_opts *o, const ap_config *cfg, const ap_
     o->val_every_steps = cfg->step_scheduler.val_every_steps;
     o->log_every_steps = cfg->logging.log_every_steps;
     o->ckpt_every_steps = cfg->step_scheduler.ckpt_every_steps;
-    o->flops_per_token = ap_model_flops_per_token(mc, o->seq_len);
+    char ferr[512];
+    const ap_model_family *fam = ap_model_family_for_config(cfg, ferr, sizeof ferr);
+    o->flops_per_token = fam ? fam->flops_per_token(mc, o->seq_len) : 0;
     o->peak_flops = ap_peak_flops(threads);
     o->metrics_file = cfg->logging.metrics_file;
     o->progress = cfg->logging.progress;
