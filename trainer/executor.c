@@ -309,26 +309,42 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
             seterr(err, errlen, "executor: tied embeddings differ in size (%zu, %zu)", e0->numel, e1->numel);
             goto fail;
         }
-        /* Start from identical values: the last stage takes the first's. */
-        if (e0 && e1)
-            memcpy(e1->param, e0->param, e0->numel * sizeof(float));
-        else if (e0 && ex->last_rank != ex->pp_rank)
-            MPI_Send(e0->param, (int)e0->numel, MPI_FLOAT, ex->last_rank, TIED_TAG, cfg->pp_comm);
-        else if (e1 && ex->first_rank != ex->pp_rank)
-            MPI_Recv(e1->param, (int)e1->numel, MPI_FLOAT, ex->first_rank, TIED_TAG, cfg->pp_comm,
-                     MPI_STATUS_IGNORE);
         if ((e0 && !e1) || (e1 && !e0))
             if (!(ex->tied_tmp = alloc_act(ex->tied_numel))) goto oom;
+    }
+    int ok = 1;
+    goto agree;
+oom:
+    seterr(err, errlen, "executor: out of memory allocating pipeline buffers");
+fail:
+    ok = 0;
+agree: {
+    /* Set-up can fail on one rank alone: all pp ranks learn it before any
+     * message, so none waits for a peer that has given up. */
+    int all_ok = ok;
+    MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, cfg->pp_comm);
+    if (!all_ok) {
+        if (ok) seterr(err, errlen, "executor: another pp rank failed to set up its stages (see its message)");
+        ap_executor_destroy(ex);
+        return -1;
+    }
+}
+    /* Tied embeddings start from identical values: the last stage takes the first's. */
+    if (cfg->tie_word_embeddings && cfg->num_stages > 1) {
+        ap_param_ref *e0 = ex->has_first ? ex->ls[ex->local_of[0]].tied : NULL;
+        ap_param_ref *e1 = ex->has_last ? ex->ls[ex->local_of[cfg->num_stages - 1]].tied : NULL;
+        if (e0 && e1)
+            memcpy(e1->param, e0->param, e0->numel * sizeof(float));
+        else if (e0)
+            MPI_Send(e0->param, (int)e0->numel, MPI_FLOAT, ex->last_rank, TIED_TAG, cfg->pp_comm);
+        else if (e1)
+            MPI_Recv(e1->param, (int)e1->numel, MPI_FLOAT, ex->first_rank, TIED_TAG, cfg->pp_comm,
+                     MPI_STATUS_IGNORE);
     }
     MPI_Barrier(cfg->pp_comm);
     ex->t_origin = MPI_Wtime();
     *out = ex;
     return 0;
-oom:
-    seterr(err, errlen, "executor: out of memory allocating pipeline buffers");
-fail:
-    ap_executor_destroy(ex);
-    return -1;
 }
 
 static void write_trace(ap_executor *ex) {

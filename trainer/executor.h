@@ -61,7 +61,11 @@ typedef struct {
 
 /* Checks the action list against the stages (every local stage known, every
  * F/B/I/W/SEND/RECV refers to a local stage and a valid microbatch, sends and
- * receives only across ranks) and allocates the buffers. */
+ * receives only across ranks, one of each per stage and microbatch, enough
+ * activation slots) and allocates the buffers. Collective over pp_comm: when
+ * any pp rank fails, every one returns -1 (the others with "another pp rank
+ * failed"), so no rank waits on a peer that gave up. Then the last stage's
+ * tied embedding takes the first stage's values. */
 int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *err, size_t errlen);
 void ap_executor_destroy(ap_executor *ex);
 

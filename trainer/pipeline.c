@@ -207,6 +207,10 @@ int ap_pipeline_create(ap_pipeline **out, const ap_config *cfg, const ap_model_c
     }
     if (world_rank == 0) {
         ap_plan_print(stdout, &c2, mc, &p->split, 8);
+        if (cfg->autopipeline.scale_grads_in_schedule)
+            printf("note: autopipeline.scale_grads_in_schedule is set, but `autopipe train` scales by the label-token "
+                   "count of the whole step (gradients identical to one process); the per-microbatch mean is "
+                   "ap_executor_config.scale_grads_in_schedule\n");
         fflush(stdout);
     }
     int ids[AP_PIPE_MAX_LOCAL];
