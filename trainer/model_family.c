@@ -41,9 +41,11 @@ static const ap_model_family llama_family = {
     .stage_error = ap_llama_stage_error,
     .param_count = llama_param_count,
     .act_bytes = llama_act_bytes,
+    .flops_per_token = ap_model_flops_per_token,
     .embed_module = "model.embed_tokens",
     .layer_module = "model.layers.%d",
     .head_modules = {"model.norm", "lm_head", NULL},
+    .shared_module = "model.rotary_emb",
     .can_tie = 1,
     .load_dir = ap_model_dir_load,
 };
@@ -65,6 +67,14 @@ static size_t custom_act_bytes(const ap_model_config *mc, int first, int last, i
     return ap_custom_act_bytes(mc, first, last, has_embed, has_head, B, T);
 }
 
+/* As ap_model_flops_per_token counts: 6 x the matrix-product parameters
+ * (12 C^2 per layer and output_proj's V C) + 12 L C T for the attention
+ * score/value products at full length. */
+static double custom_flops(const ap_model_config *mc, int T) {
+    double C = mc->hidden_size, L = mc->num_hidden_layers, V = mc->vocab_size;
+    return 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * C * T;
+}
+
 static const ap_model_family custom_family = {
     .name = "custom",
     .targets = {"examples.custom_model.CustomModel", NULL},
@@ -73,6 +83,7 @@ static const ap_model_family custom_family = {
     .stage_error = ap_custom_stage_error,
     .param_count = ap_custom_param_count,
     .act_bytes = custom_act_bytes,
+    .flops_per_token = custom_flops,
     .embed_module = "embedding",
     .layer_module = "layers.%d",
     .head_modules = {"output_proj", NULL},

@@ -41,10 +41,13 @@ typedef struct {
     /* Bytes one microbatch of B x T keeps alive from its F to its B (or W). */
     size_t (*act_bytes)(const ap_model_config *mc, int first_layer, int last_layer, int has_embed, int has_head,
                         int B, int T, int activation_checkpointing);
+    /* Model FLOPs per trained token at sequence length T (forward + backward), for MFU. */
+    double (*flops_per_token)(const ap_model_config *mc, int T);
     /* Module FQNs of a part, in order, for plans: embedding, layers, head. */
     const char *embed_module;   /* "model.embed_tokens" */
     const char *layer_module;   /* printf format of layer N: "model.layers.%d" */
     const char *head_modules[3]; /* "model.norm", "lm_head" */
+    const char *shared_module;  /* on every stage the split marks has_rotary: "model.rotary_emb"; NULL: none */
     /* Tied input/output embeddings supported (the pipeline sums the copies). */
     int can_tie;
     /* Loads pretrained weights from a directory; NULL: the family has none. */
