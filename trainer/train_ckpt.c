@@ -36,7 +36,7 @@ void ap_preempt_install(int world_rank) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     const char *dir = getenv("AUTOPIPE_PID_DIR");
-    if (dir && *dir) {
+    if (world_rank >= 0 && dir && *dir) {
         char p[4096], tmp[4200];
         snprintf(p, sizeof p, "%s/rank_%05d.pid", dir, world_rank);
         snprintf(tmp, sizeof tmp, "%s.tmp", p);

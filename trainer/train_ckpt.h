@@ -54,8 +54,10 @@ void ap_train_ckpt_free(ap_train_ckpt *c);
 /* 1 when checkpoint.enabled or checkpoint.resume names a path: the run needs MPI for the library. */
 int ap_train_ckpt_wanted(const struct ap_config *cfg);
 
-/* SIGTERM and SIGUSR1 set the stop flag. With AUTOPIPE_PID_DIR set, writes
- * DIR/rank_%05d.pid (world rank) once the handlers are in place. */
+/* SIGTERM and SIGUSR1 set the stop flag. With AUTOPIPE_PID_DIR set and
+ * world_rank >= 0, writes DIR/rank_%05d.pid once the handlers are in place
+ * (train installs them first thing with -1: a signal during start-up is
+ * kept, not fatal, and stops the run after its first step). */
 void ap_preempt_install(int world_rank);
 /* The local flag (set by a signal or AUTOPIPE_PREEMPT_AT_STEP). */
 int ap_preempt_flag(void);

@@ -159,6 +159,7 @@ int ap_train_main(const ap_config *cfg) {
                 cfg->distributed.pp_size, cfg->distributed.dp_size, cfg->distributed.tp_size);
         return AP_EXIT_USAGE;
     }
+    ap_preempt_install(-1); /* a SIGTERM/SIGUSR1 from here on stops the run at a step boundary */
     int threads = pick_threads(cfg->runtime.num_threads);
     ap_kernels_set_threads(threads);
     ap_model_config mc;
