@@ -615,11 +615,29 @@ done:
     return out;
 }
 
+/* mkdir -p: checkpoint_dir is often nested (checkpoints/<job name>). */
+static int mkdir_parents(const char *dir) {
+    char p[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof p) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(p, dir, n + 1);
+    for (size_t i = 1; i < n; i++) {
+        if (p[i] != '/') continue;
+        p[i] = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) return -1;
+        p[i] = '/';
+    }
+    return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
 /* Rank 0, before writing: create checkpoint_dir, drop uncommitted step
  * directories (interrupted saves), make step_N. Returns 1 when step_N is
  * already committed. */
 static int prepare_dir(const char *cdir, int64_t step, char *stepdir, size_t sdlen, char *err, size_t errlen) {
-    if (mkdir(cdir, 0755) != 0 && errno != EEXIST) {
+    if (mkdir_parents(cdir) != 0) {
         seterr(err, errlen, "%s: cannot create checkpoint directory: %s", cdir, strerror(errno));
         return -1;
     }

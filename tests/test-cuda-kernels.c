@@ -42,6 +42,7 @@ static void *up(const void *h, size_t bytes) {
     void *d = NULL;
     AP_CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 1));
     if (bytes) AP_CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    AP_CUDA_CHECK(cudaDeviceSynchronize()); /* pageable copies may still be in flight */
     return d;
 }
 static float *upf(const float *h, size_t n) { return up(h, n * sizeof(float)); }
@@ -72,7 +73,9 @@ static void test_matmul(const shape *s) {
     float *d_out = upf(out, N * OC), *d_dout = upf(dout, N * OC);
     for (int acc = 0; acc <= 1; acc++) {
         float *ref = hcopy(out, N * OC);
+        ap_cuda_synchronize();
         AP_CUDA_CHECK(cudaMemcpy(d_out, out, N * OC * sizeof(float), cudaMemcpyHostToDevice));
+        AP_CUDA_CHECK(cudaDeviceSynchronize());
         ap_matmul_forward(ref, inp, w, bias, N, C, OC, acc);
         ap_matmul_forward_cuda(d_out, d_inp, d_w, d_bias, N, C, OC, acc);
         check(acc ? "matmul_forward +bias accumulate" : "matmul_forward +bias", s->name, d_out,
@@ -209,7 +212,7 @@ static void test_attention(const shape *s) {
     check(what, s->name, d_y, y, B * T * Q, TOL_SUM);
     check("attention_forward att (probabilities, 0 where masked)", s->name, d_att, att,
           B * NH * T * T, TOL_SUM);
-    ap_attention_backward(dqkv, scr, dy, qkv, att, B, T, NH, NKV, D, scale);
+    ap_attention_backward(dqkv, scr, dy, qkv, att, B, T, NH, NKV, D, 0, scale);
     ap_attention_backward_cuda(d_dqkv, d_scr, d_dy, d_qkv, d_att, B, T, NH, NKV, D, scale);
     check("attention_backward dqkv", s->name, d_dqkv, dqkv, B * T * S, TOL_SUM);
     free(qkv); free(dy); free(y); free(att); free(dqkv); free(scr);
@@ -307,7 +310,9 @@ static void test_norms(const shape *s) {
     ap_scale_cuda(d_x, n, -0.37f);
     check("scale", s->name, d_x, x, n, 0.0);
     float nanv = NAN;
+    ap_cuda_synchronize();
     AP_CUDA_CHECK(cudaMemcpy(d_x + n - 1, &nanv, sizeof(float), cudaMemcpyHostToDevice));
+    AP_CUDA_CHECK(cudaDeviceSynchronize());
     ok(isnan(ap_absmax_cuda(d_x, n)), "absmax [%s]: NaN in the last element gives NaN", s->name);
     free(x);
     cudaFree(d_x);

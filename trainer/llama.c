@@ -417,7 +417,6 @@ static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const floa
             const head_acts *h = (sl && !m->ckpt) ? &sl->head : &m->sh;
             long cnt = 0;
             double loss = head_forward(m, h, x, labels, &cnt);
-            if (loss != loss) return set_err(m, "forward: out of memory in cross-entropy"), -1;
             if (loss_sum) *loss_sum += loss;
             if (n_tokens) *n_tokens += cnt;
             if (sl) memcpy(sl->labels, labels, m->N * sizeof(int32_t));

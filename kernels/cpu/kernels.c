@@ -435,35 +435,41 @@ void ap_glu_backward(float *dgu, const float *dh, const float *gu, size_t N, siz
 
 double ap_crossentropy_forward(float *probs, long *count, const float *logits,
                                const int32_t *labels, size_t N, size_t V) {
-    float *row_loss = malloc((N ? N : 1) * sizeof(float));
-    int fail = row_loss == NULL;
-#pragma omp parallel for if (N * V > PAR_MIN)
-    for (size_t n = 0; n < N; n++) {
-        const float *x = logits + n * V;
-        float *p = probs + n * V;
-        float mx = -INFINITY;
-        for (size_t i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
-        int32_t y = labels[n];
-        float xy = y >= 0 ? x[y] : 0; /* before p overwrites x when aliased */
-        float sum = 0;
-        for (size_t i = 0; i < V; i++) {
-            p[i] = expf(x[i] - mx);
-            sum += p[i];
-        }
-        float inv = 1.0f / sum;
-        for (size_t i = 0; i < V; i++) p[i] *= inv;
-        if (!fail) row_loss[n] = y >= 0 ? logf(sum) - (xy - mx) : 0.0f;
-    }
+    /* Rows in blocks with the per-row losses on the stack: no allocation, so a
+     * NaN result always means a non-finite loss; rows are summed in order, so
+     * the total does not depend on the thread count. */
+    enum { CE_BLOCK = 256 };
+    float row_loss[CE_BLOCK];
     double total = 0;
     long cnt = 0;
-    for (size_t n = 0; n < N; n++)
-        if (labels[n] != -100) {
-            cnt++;
-            if (!fail) total += row_loss[n];
+    for (size_t n0 = 0; n0 < N; n0 += CE_BLOCK) {
+        size_t nb = N - n0 < CE_BLOCK ? N - n0 : CE_BLOCK;
+#pragma omp parallel for if (nb * V > PAR_MIN)
+        for (size_t j = 0; j < nb; j++) {
+            size_t n = n0 + j;
+            const float *x = logits + n * V;
+            float *p = probs + n * V;
+            float mx = -INFINITY;
+            for (size_t i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
+            int32_t y = labels[n];
+            float xy = y >= 0 ? x[y] : 0; /* before p overwrites x when aliased */
+            float sum = 0;
+            for (size_t i = 0; i < V; i++) {
+                p[i] = expf(x[i] - mx);
+                sum += p[i];
+            }
+            float inv = 1.0f / sum;
+            for (size_t i = 0; i < V; i++) p[i] *= inv;
+            row_loss[j] = y >= 0 ? logf(sum) - (xy - mx) : 0.0f;
         }
-    free(row_loss);
+        for (size_t j = 0; j < nb; j++)
+            if (labels[n0 + j] != -100) {
+                cnt++;
+                total += row_loss[j];
+            }
+    }
     *count = cnt;
-    return fail ? NAN : total;
+    return total;
 }
 
 void ap_crossentropy_backward(float *dlogits, const float *probs, const int32_t *labels,

@@ -69,7 +69,9 @@ extern "C" int ap_cuda_init(int device, char *err, size_t errlen) {
     }
     cudaError_t e = cudaSetDevice(device);
     if (e != cudaSuccess) return fail(err, errlen, "cudaSetDevice", e);
-    e = cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking);
+    /* a blocking stream: plain cudaMemcpy calls of the caller (legacy
+     * default stream) stay ordered with the ops */
+    e = cudaStreamCreate(&ctx.stream);
     if (e != cudaSuccess) return fail(err, errlen, "cudaStreamCreate", e);
     ctx.own_stream = 1;
     cublasStatus_t s = cublasCreate(&ctx.blas);
