@@ -311,6 +311,9 @@ void ap_pipeline_set_opts(const ap_pipeline *p, ap_train_opts *o) {
     o->dp_rank = p->mesh.coord.r[AP_AXIS_DP];
     o->dp_size = p->mesh.mesh.size[AP_AXIS_DP];
     o->is_log_rank = p->mesh.rank == 0;
+    /* mpirun gives ranks a pseudo-terminal whatever its own stdout is, so "auto"
+     * cannot tell a terminal from a log file there: no bar unless asked for. */
+    if (o->progress == 0) o->progress = 2;
 }
 
 void ap_pipeline_topology(const ap_pipeline *p, int *pp, int *dp, int *stages_per_rank) {
