@@ -31,6 +31,9 @@ t "no estimate when the schedule cannot run, with the reason; plan still exits 0
 t "custom model: its family, PyTorch module names, parameter shares" '[ $rc -eq 0 ] && has "model: custom, 3 layers" && has "  - embedding" && has "  - layers.2" && has "  - output_proj" && ! has "model.embed_tokens" && [ "$(grep -o "([0-9.]*%)" "$tmp/out" | tr -d "(%)" | awk "{s+=\$1} END {printf \"%.0f\", s}")" = 100 ]'
 t "custom model: 3 layers of 16: 2VC + V + 3 (12C^2 + 13C) = 18,387 parameters" 'has ": 18,387 parameters"'
 
+"$A" train $C --distributed.pp_size 1 --model.tie_word_embeddings true --checkpoint.enabled false > "$tmp/out" 2>&1; rc=$?
+t "custom model with tied embeddings: a failure naming the key" '[ $rc -ne 0 ] && has "model.tie_word_embeddings" && ! grep -q "^step " "$tmp/out"'
+
 # train --dry-run: the same summary as plan, then stops
 "$A" plan --distributed.pp_size 2 --autopipeline.pp_schedule zbv --max-modules 8 > "$tmp/plan" 2>&1
 "$A" train --dry-run --distributed.pp_size 2 --autopipeline.pp_schedule zbv > "$tmp/out" 2>&1; rc=$?

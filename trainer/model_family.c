@@ -58,6 +58,11 @@ static int custom_create(ap_stage **out, const ap_model_config *mc, int first, i
         snprintf(err, errlen, "model.activation_checkpointing: not implemented by the custom model (set false)");
         return -1;
     }
+    if (mc->tie_word_embeddings) {
+        snprintf(err, errlen, "model.tie_word_embeddings: the custom model has separate embedding and output_proj "
+                              "weights (set false)");
+        return -1;
+    }
     return ap_custom_stage_create(out, mc, first, last, has_embed, has_head, B, T, max_slots, err, errlen);
 }
 
