@@ -3,6 +3,7 @@
 #     . "$top_srcdir/tests/slurm/cluster.sh"
 #     cluster_need || exit 0          # prints a TAP skip line when Slurm or the plugin is missing
 #     cluster_start 1 || exit 1       # 1 node (n1) or 2 nodes (n[1-2], one slurmd each)
+#                                     # (CLUSTER_CONF_EXTRA: more slurm.conf lines)
 #     srun -n 4 ...                   # SLURM_CONF is exported; the plugin is in plugstack.conf
 #
 # Everything (munge key/socket, slurm.conf, state, spool, logs) lives in one
@@ -104,6 +105,8 @@ cluster_start() {
       i=$((i + 1))
     done
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
+    # A test's own lines (e.g. SchedulerParameters), one per line.
+    [ -n "${CLUSTER_CONF_EXTRA:-}" ] && printf '%s\n' "$CLUSTER_CONF_EXTRA"
   } > "$SLURM_CONF"
   echo "required $plugin${*:+ $*}" > "$d/plugstack.conf"
 
