@@ -27,8 +27,9 @@ t "-N 2 --ntasks-per-node=2 --pp-size=2 -n 4: each node holds one whole stage (d
 
 # Two "nodes" on one host: Open MPI's shared-memory BTL (vader) of ranks on
 # n1 and on n2 collide and crash (seen: segfault in mca_btl_vader_poll_handle_frag);
-# real separate nodes would not share it. Use TCP on loopback here.
-OMPI_MCA_btl=self,tcp S --mpi=pmix -N 2 --ntasks-per-node=2 --pp-size=2 -n 4 "$AUTOPIPE" mesh >"$d/out" 2>"$d/err"; rc=$?
+# real separate nodes would not share it. Use TCP on loopback here, through
+# ob1 (the UCX pml would pick shared memory again).
+OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix -N 2 --ntasks-per-node=2 --pp-size=2 -n 4 "$AUTOPIPE" mesh >"$d/out" 2>"$d/err"; rc=$?
 t "autopipe mesh across the two nodes succeeds (communicators checked)" '[ $rc -eq 0 ]'
 t "... with the plugin's coordinates and per-node local ranks" \
   '[ "$(cat "$d/out")" = "$(printf "rank 0 pp=0 dp=0 tp=0 local=0 source=env\nrank 1 pp=0 dp=1 tp=0 local=1 source=env\nrank 2 pp=1 dp=0 tp=0 local=0 source=env\nrank 3 pp=1 dp=1 tp=0 local=1 source=env")" ]'
@@ -55,7 +56,7 @@ tiny_yaml "$d/tiny.yaml" 2 1
 for where in "one:-N 1 -w n1" "two:-N 2 --ntasks-per-node=1"; do
   name=${where%%:*}
   # shellcheck disable=SC2086
-  (cd "$d" && OMPI_MCA_btl=self,tcp S --mpi=pmix ${where#*:} --pp-size=2 -n 2 "$AUTOPIPE" train \
+  (cd "$d" && OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix ${where#*:} --pp-size=2 -n 2 "$AUTOPIPE" train \
      --config "$d/tiny.yaml" --checkpoint.enabled false --logging.metrics_file "$d/$name.jsonl") \
      >"$d/$name.out" 2>"$d/err"; eval "rc_$name=\$?"
 done

@@ -51,6 +51,8 @@ t "pp=1: per-step losses identical" 'same_losses a1 b1'
 t "pp=1: final parameters and moments bitwise identical (ckpt diff --rtol 0)" '"$A" ckpt diff a1/latest b1/latest --rtol 0'
 t "pp=1: checkpoint state: step 6, samples 48, tokens 1536, data position, lr step" \
   '"$A" ckpt info b1 --json | tr -d " \t\n" >i.json && grep -q "\"step\":6," i.json && grep -q "\"samples_consumed\":48," i.json && grep -q "\"tokens_consumed\":1536," i.json && grep -q "\"lr_step\":6," i.json && tr -d " \t\n" <b1/latest/manifest.json | grep -q "\"data_position\":\[\"1234\",\"0\",\"48\"\]"'
+t "pp=1: a resumed run appends to its logging.metrics_file (steps 1..6 in one file, as straight)" \
+  'AUTOPIPE_PREEMPT_AT_STEP=3 "$A" train $P1 --checkpoint.checkpoint_dir m1 --logging.metrics_file m1.jsonl; "$A" train $P1 --checkpoint.checkpoint_dir m1 --logging.metrics_file m1.jsonl && losses m1.jsonl >lm && losses a1.1.jsonl >la1 && cmp lm la1'
 
 # ---- pp = 2, 1f1b ----
 t "pp=2 1f1b: 6 steps straight" 'run 2 a2 $P2'
@@ -98,6 +100,20 @@ t "interrupted step_00000004 left in a checkpoint_dir holding step 3" \
 t "resume auto takes step 3 and ends bitwise equal; the partial directory is gone" \
   'cp b1.1.jsonl k.1.jsonl && run 1 k $P1 && same_losses a1 k && "$A" ckpt diff a1/latest k/latest --rtol 0 && [ ! -e k/step_00000004 ]'
 
+# ---- kill -9 of a rank in the middle of a save, then resume ----
+t "pp=2: rank 1 killed (SIGKILL) while writing its stage file of step 4 (checkpoints every 2 steps)" \
+  'st=0; $MP -np 2 -x AUTOPIPE_TEST_KILL_IN_SAVE=4 "$A" train $P2 --step_scheduler.ckpt_every_steps 2 --checkpoint.checkpoint_dir k9 --logging.metrics_file k9.1.jsonl || st=$?; [ $st -ne 0 ] && [ -e k9/step_00000004 ] && [ ! -e k9/step_00000004/COMMITTED ]'
+t "after the kill: latest is step 2 and verifies" '[ "$(readlink k9/latest)" = step_00000002 ] && "$A" ckpt verify k9'
+t "resume after the kill ends bitwise equal to the uninterrupted run" \
+  'head -2 k9.1.jsonl >k9.tmp && mv k9.tmp k9.1.jsonl && run 2 k9 $P2 --step_scheduler.ckpt_every_steps 2 && same_losses a2 k9 && "$A" ckpt diff a2/latest k9/latest --rtol 0 && [ ! -e k9/step_00000004/stage_001.h5.tmp ]'
+
+# ---- a tied embedding (its head copy saved once) across layouts ----
+TI="--step_scheduler.max_steps 4 --dataloader.seq_len 32 --logging.progress off --model.tie_word_embeddings true"
+t "tied embeddings: pp=2 stopped at step 2 -> resumed at pp=1 and at pp=2 agree (1e-5)" \
+  'st=0; $MP -np 2 -x AUTOPIPE_PREEMPT_AT_STEP=2 "$A" train $TI --distributed.pp_size 2 --checkpoint.checkpoint_dir ti || st=$?; [ $st -eq 75 ] &&
+   "$A" train $TI --distributed.pp_size 1 --checkpoint.checkpoint_dir ti1 --checkpoint.resume $T/ti &&
+   $MP -np 2 "$A" train $TI --distributed.pp_size 2 --checkpoint.checkpoint_dir ti && "$A" ckpt diff ti ti1 --rtol 1e-5'
+
 # ---- resume: false ----
 t "resume: false on a non-empty checkpoint_dir is refused (exit 2, says why)" \
   'st=0; "$A" train $P1 --checkpoint.checkpoint_dir a1 --checkpoint.resume false || st=$?; [ $st -eq 2 ] && grep -q "not empty" "$T/out" && "$A" ckpt verify a1'
@@ -117,5 +133,7 @@ t "pretrained start from the export at pp=2, then export back" \
   'run 2 ft $C --distributed.pp_size 2 --step_scheduler.max_steps 2 --model.pretrained_model_name_or_path $T/hf && "$A" ckpt export ft --to hf2 && "$A" eval --model hf2 --data val.txt --seq-len 32 >e3.txt'
 t "the fine-tune started from the pretrained weights (first loss = the export's eval level, not ln 259)" \
   'l=$(losses ft.1.jsonl | head -1 | cut -d" " -f2); awk -v l="$l" "BEGIN{exit !(l < 5.3)}"'
+t "jobs/preemptible.sbatch requeues on the status autopipe train --help lists (75)" \
+  'grep -q "REQUEUE_STATUS=\${REQUEUE_STATUS:-75}" "$top_srcdir/jobs/preemptible.sbatch" && "$A" train --help | grep -q "^75 stopped by SIGTERM/SIGUSR1"'
 echo "1..$n"
 exit $fail

@@ -29,6 +29,8 @@ typedef struct {
     int dp_started;
     int n_tied_skip;            /* this stage's tied copy: not counted in the grad norm */
     ap_param_ref *tied;         /* the tied embedding tensor on this stage, or NULL */
+    double cost_s[AP_ACT_NTYPES]; /* time spent in each compute type (training steps) */
+    long cost_n[AP_ACT_NTYPES];
 } lstage;
 
 typedef struct {
@@ -566,6 +568,10 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             seterr(err, errlen, "executor: stage %d failed in %s of microbatch %d (%d)", l->id, type_name(t), m, rc);
             return -1;
         }
+        if (train && ap_act_is_compute(t)) {
+            l->cost_s[t] += MPI_Wtime() - t0;
+            l->cost_n[t]++;
+        }
         if (train && sync && i == l->last_bwd && !l->dp_started && start_dp(ex, l)) goto oom;
         if (ex->n_dp) {
             int flag;
@@ -772,4 +778,21 @@ double ap_executor_tied_copy_sumsq(const ap_executor *ex) {
         for (size_t i = 0; i < l->tied->numel; i++) acc += (double)l->tied->grad[i] * l->tied->grad[i];
     }
     return acc;
+}
+
+int ap_executor_action_cost(const ap_executor *ex, int stage, int type, double *mean_s) {
+    if (stage < 0 || stage >= ex->cfg.num_stages || ex->local_of[stage] < 0 || type <= AP_ACT_NONE ||
+        type >= AP_ACT_NTYPES)
+        return -1;
+    const lstage *l = &ex->ls[ex->local_of[stage]];
+    if (!l->cost_n[type]) return -1;
+    *mean_s = l->cost_s[type] / (double)l->cost_n[type];
+    return 0;
+}
+
+void ap_executor_reset_costs(ap_executor *ex) {
+    for (int li = 0; li < ex->n_local; li++) {
+        memset(ex->ls[li].cost_s, 0, sizeof ex->ls[li].cost_s);
+        memset(ex->ls[li].cost_n, 0, sizeof ex->ls[li].cost_n);
+    }
 }

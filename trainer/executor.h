@@ -118,6 +118,14 @@ double ap_executor_clip_grad_norm(ap_executor *ex, double max_norm, double norm_
  * what a norm over every local gradient counts twice. */
 double ap_executor_tied_copy_sumsq(const ap_executor *ex);
 
+/* Mean measured time (s) of the compute actions of `type` (F, B, I, W) of a
+ * local stage over the training steps so far (timing includes waits for a
+ * local neighbour, never for messages: those are RECV actions). -1 when this
+ * rank does not hold the stage or ran no such action. For the simulator's
+ * prediction from measured costs (bench). */
+int ap_executor_action_cost(const ap_executor *ex, int stage, int type, double *mean_s);
+void ap_executor_reset_costs(ap_executor *ex);
+
 /* Multiplies every local gradient by 1/divisor (AutoPipeline's scale_grads_by_divisor). */
 void ap_executor_scale_grads_by_divisor(ap_executor *ex, double divisor);
 

@@ -16,6 +16,7 @@
 #define AP_TRAIN_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "trainer/data.h"
@@ -138,6 +139,12 @@ void ap_train_opts_from_config(ap_train_opts *o, const struct ap_config *cfg, co
 /* `autopipe train` after its config is loaded: builds the model and data,
  * runs the loop; returns the exit status (0, 1 failure or NaN, 2 config). */
 int ap_train_main(const struct ap_config *cfg);
+/* The debug summary (trainer/plan.c's ap_plan_print: pp degree, every rank's
+ * stages, schedule, microbatches, per-stage parameters and %, estimated
+ * activation memory per rank, modules): what `autopipe plan` prints and
+ * `autopipe train` prints first (`--dry-run`: and stops). 0 or -1. */
+int ap_train_print_summary(FILE *f, const struct ap_config *cfg, const ap_model_config *mc, char *err,
+                           size_t errlen);
 int ap_cmd_train(int argc, char **argv);
 int ap_cmd_eval(int argc, char **argv);
 

@@ -245,9 +245,26 @@ static void fill_state(const ap_train_ckpt *c, const ap_train_state *st, ap_ckpt
     cs->model_config_json = c->config_json;
 }
 
+/* Test knob AUTOPIPE_TEST_KILL_IN_SAVE=STEP: the chosen rank (as for
+ * AUTOPIPE_PREEMPT_RANK) kills itself with SIGKILL after writing the first
+ * tensor of its stage file in the save of STEP: a real kill -9 mid-save. */
+static void kill_in_save(void *ctx, enum ap_ckpt_phase phase, const char *detail) {
+    (void)ctx, (void)detail;
+    if (phase == AP_CKPT_PHASE_TENSOR) raise(SIGKILL);
+}
+
+static int chosen_rank(const ap_train_ckpt *c) {
+    int size = 1;
+    if (c->comm != MPI_COMM_NULL) MPI_Comm_size(c->comm, &size);
+    const char *pr = getenv("AUTOPIPE_PREEMPT_RANK");
+    return pr && *pr ? atoi(pr) : size - 1;
+}
+
 static int hook_save(void *ctx, const ap_train_state *st, char *err, size_t errlen) {
     ap_train_ckpt *c = ctx;
     if (!c->save) return 0;
+    const char *kill_at = getenv("AUTOPIPE_TEST_KILL_IN_SAVE");
+    int kill_me = kill_at && *kill_at && atol(kill_at) == st->step && chosen_rank(c) == c->rank;
     ap_ckpt_state cs;
     unsigned char rng[8];
     fill_state(c, st, &cs, rng);
@@ -264,7 +281,7 @@ static int hook_save(void *ctx, const ap_train_state *st, char *err, size_t errl
     /* collective even after a local failure: the library's verdict is shared,
      * but a rank that cannot build its table passes nothing and the manifest
      * check fails the save everywhere */
-    ap_ckpt_save_opts so = {c->cfg->checkpoint.keep_last, NULL, NULL};
+    ap_ckpt_save_opts so = {c->cfg->checkpoint.keep_last, kill_me ? kill_in_save : NULL, NULL};
     char e2[1024];
     int sv = ap_ckpt_save(c->cfg->checkpoint.checkpoint_dir, &cs, sg, rv ? 0 : n, &so, c->comm, e2, sizeof e2);
     if (sv < 0 && rv == 0) {
@@ -327,14 +344,8 @@ static int hook_stop(void *ctx, long steps_done, char *err, size_t errlen) {
     ap_train_ckpt *c = ctx;
     (void)err, (void)errlen;
     const char *at = getenv("AUTOPIPE_PREEMPT_AT_STEP");
-    if (at && *at && atol(at) == steps_done) {
-        /* as if the signal reached one rank only: AUTOPIPE_PREEMPT_RANK, else the last */
-        int size = 1;
-        if (c->comm != MPI_COMM_NULL) MPI_Comm_size(c->comm, &size);
-        const char *pr = getenv("AUTOPIPE_PREEMPT_RANK");
-        int who = pr && *pr ? atoi(pr) : size - 1;
-        if (who == c->rank) g_stop = 1;
-    }
+    /* as if the signal reached one rank only: AUTOPIPE_PREEMPT_RANK, else the last */
+    if (at && *at && atol(at) == steps_done && chosen_rank(c) == c->rank) g_stop = 1;
     int flag = g_stop != 0;
     if (c->comm != MPI_COMM_NULL) MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, c->comm);
     return flag;

@@ -10,7 +10,10 @@
 #include "trainer/generate.h"
 #include "trainer/llama.h"
 #include "trainer/metrics.h"
+#include "trainer/model_family.h"
 #include "trainer/pipeline.h"
+#include "trainer/plan.h"
+#include "trainer/split.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_ckpt.h"
 
@@ -66,7 +69,9 @@ void ap_train_opts_from_config(ap_train_opts *o, const ap_config *cfg, const ap_
     o->val_every_steps = cfg->step_scheduler.val_every_steps;
     o->log_every_steps = cfg->logging.log_every_steps;
     o->ckpt_every_steps = cfg->step_scheduler.ckpt_every_steps;
-    o->flops_per_token = ap_model_flops_per_token(mc, o->seq_len);
+    char ferr[512];
+    const ap_model_family *fam = ap_model_family_for_config(cfg, ferr, sizeof ferr);
+    o->flops_per_token = fam ? fam->flops_per_token(mc, o->seq_len) : 0;
     o->peak_flops = ap_peak_flops(threads);
     o->metrics_file = cfg->logging.metrics_file;
     o->progress = cfg->logging.progress;
@@ -102,6 +107,46 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* "llama", "qwen2", ... or the family of model._target_ ("custom"). */
+static const char *model_name(const ap_config *cfg, const ap_model_config *mc) {
+    char e[512];
+    const ap_model_family *f = ap_model_family_for_config(cfg, e, sizeof e);
+    return f ? ap_model_family_model_name(f, mc) : "?";
+}
+
+int ap_train_print_summary(FILE *f, const ap_config *cfg, const ap_model_config *mc, char *err, size_t errlen) {
+    ap_split sp;
+    memset(&sp, 0, sizeof sp);
+    if (ap_split_plan(cfg, mc, &sp, err, errlen) < 0) return -1;
+    int rc = ap_plan_print(f, cfg, mc, &sp, 8);
+    ap_split_free(&sp);
+    fflush(f);
+    if (rc < 0) snprintf(err, errlen, "cannot print the debug summary");
+    return rc;
+}
+
+/* `autopipe train --dry-run`: the debug summary, printed once (by the
+ * launcher's rank 0 under mpirun/srun, by this process otherwise), no MPI. */
+static int train_dry_run(const ap_config *cfg) {
+    static const char *rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
+    char err[1024];
+    ap_model_config mc;
+    if (ap_config_model(cfg, &mc, err, sizeof err) < 0) {
+        fprintf(stderr, "autopipe train: %s\n", err);
+        return AP_EXIT_USAGE;
+    }
+    for (size_t i = 0; i < sizeof rank_vars / sizeof *rank_vars; i++) {
+        const char *v = getenv(rank_vars[i]);
+        if (v && atoi(v) != 0) return AP_EXIT_OK;
+    }
+    if (ap_train_print_summary(stdout, cfg, &mc, err, sizeof err) < 0) {
+        fprintf(stderr, "autopipe train: %s\n", err);
+        return AP_EXIT_USAGE;
+    }
+    printf("dry run: stopping before building the model\n");
+    return AP_EXIT_OK;
 }
 
 int ap_train_main(const ap_config *cfg) {
@@ -160,13 +205,20 @@ int ap_train_main(const ap_config *cfg) {
         }
         n_params = ap_pipeline_param_count(pl);
     } else {
-        if (ap_llama_stage_create(&s, &mc, 0, L, 1, 1, mb, T, 1, cfg->model.activation_checkpointing, err,
-                                  sizeof err) < 0)
+        /* the debug summary (the pipeline's rank 0 prints it in ap_pipeline_create) */
+        const ap_model_family *fam = ap_model_family_for_config(cfg, err, sizeof err);
+        if (!fam || ap_train_print_summary(stdout, cfg, &mc, err, sizeof err) < 0) goto fail;
+        if (fam->stage_create(&s, &mc, 0, L, 1, 1, mb, T, 1, cfg->model.activation_checkpointing, err, sizeof err) < 0)
             goto fail;
+        if (pre && !fam->load_dir) {
+            snprintf(err, sizeof err, "model.pretrained_model_name_or_path: the %s model family loads no weights",
+                     fam->name);
+            goto fail;
+        }
         if (pre) {
-            if (ap_model_dir_load(s, pre, err, sizeof err) < 0) goto fail;
+            if (fam->load_dir(s, pre, err, sizeof err) < 0) goto fail;
         } else {
-            ap_llama_init_params(s, (uint64_t)cfg->rng.seed);
+            fam->init_params(s, (uint64_t)cfg->rng.seed);
         }
         n_params = s->n_params;
     }
@@ -176,7 +228,7 @@ int ap_train_main(const ap_config *cfg) {
     if (pl) ap_pipeline_set_opts(pl, &o);
     if (!o.is_log_rank && !(out = fopen("/dev/null", "w"))) out = stdout;
     fprintf(out, "model: %s, %d layers, hidden %d, vocab %d, %.2fM parameters (%s)\n",
-            ap_config_enum_name("model", "model_type", (int)mc.model_type), L, mc.hidden_size, mc.vocab_size,
+            model_name(cfg, &mc), L, mc.hidden_size, mc.vocab_size,
             (double)n_params / 1e6, pre ? pre : "random init");
     fprintf(out, "data: %s: %zu train samples, %zu validation samples of %d tokens\n", ap_dataset_path(tr),
             ap_dataset_len(tr), va ? ap_dataset_len(va) : (size_t)0, T);
@@ -240,7 +292,7 @@ fail:
 }
 
 static void train_usage(FILE *f) {
-    fprintf(f, "usage: autopipe train [--config FILE] [--section.key VALUE]...\n\n"
+    fprintf(f, "usage: autopipe train [--config FILE] [--section.key VALUE]... [--dry-run]\n\n"
                "Trains a model on one process (pp_size = dp_size = 1). Without --config: the built-in tiny\n"
                "Llama on the built-in text. One log line per step; metrics to logging.metrics_file.\n"
                "Exit status: 0 ok, 1 failure (including a NaN/Inf loss or gradient norm), 2 bad config,\n"
@@ -256,7 +308,7 @@ static int read_pretrained(const char *dir, ap_model_config *mc, char *err, size
 }
 
 int ap_cmd_train(int argc, char **argv) {
-    static const ap_cli_flag flags[] = {{"help", 0}, {"h", 0}, {NULL, 0}};
+    static const ap_cli_flag flags[] = {{"help", 0}, {"h", 0}, {"dry-run", 0}, {NULL, 0}};
     ap_config_set_pretrained_reader(read_pretrained);
     char err[1024];
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -275,8 +327,16 @@ int ap_cmd_train(int argc, char **argv) {
         free(rest);
         return AP_EXIT_USAGE;
     }
-    int rv;
-    if (nrest > 1) {
+    int rv, dry = 0;
+    for (int i = 1; i < nrest; i++) /* --dry-run: print the debug summary and stop */
+        if (!strcmp(rest[i], "--dry-run")) {
+            dry = 1;
+            memmove(rest + i, rest + i + 1, sizeof *rest * (size_t)(nrest - i));
+            nrest--, i--;
+        }
+    if (dry && nrest <= 1) {
+        rv = train_dry_run(&cfg);
+    } else if (nrest > 1) {
         int help = !strcmp(rest[1], "--help") || !strcmp(rest[1], "-h");
         if (help) train_usage(stdout);
         else fprintf(stderr, "autopipe train: unexpected argument '%s' (see `autopipe train --help`)\n", rest[1]);
