@@ -68,6 +68,11 @@ cluster_start() {
   ctld_port=$(cluster_free_port); 
   {
     echo "ClusterName=aptest"
+    # Distinct job ids per cluster: Open MPI names its shared-memory segments
+    # after the PMIx namespace (slurm.pmix.JOB.STEP); two clusters on one
+    # machine (tests run in parallel, other users' tests) both at job 1 made
+    # their ranks attach to each other's segments and segfault.
+    echo "FirstJobId=$(( 1000 + $(od -An -N4 -tu4 /dev/urandom) % 60000000 ))"
     echo "SlurmctldHost=localhost(127.0.0.1)"
     echo "SlurmctldPort=$ctld_port"
     echo "AuthType=auth/munge"
