@@ -1,7 +1,7 @@
 #!/bin/sh
 # test-slurm-preempt.sh - jobs/preemptible.sbatch on the private one-node
 # cluster (TAP): while its training step runs, `scancel --signal=USR1 JOB`
-# signals the job's steps (not the batch shell, as --signal=USR1@90 would);
+# signals the job's steps, as --signal=USR1@90 does (not the batch shell);
 # autopipe train checkpoints, exits with the requeue status (75), the script
 # requeues the job, and the second run resumes from `latest` to the end with
 # the losses of an uninterrupted run (the budget is raised for the first run
