@@ -194,6 +194,12 @@ static int cmd_ls(ap_ckpt *ck, int stage, int stats, int json) {
         if (stats) {
             char err[1024];
             if (e->numel > cap) buf = realloc(buf, (cap = e->numel) * sizeof *buf);
+            if (!buf) {
+                fprintf(stderr, "autopipe ckpt: out of memory reading %s\n", e->name);
+                rc = AP_EXIT_FAIL;
+                cJSON_Delete(o);
+                break;
+            }
             if (ap_ckpt_read_entry(ck, e, buf, NULL, NULL, err, sizeof err)) {
                 fprintf(stderr, "autopipe ckpt: %s\n", err);
                 rc = AP_EXIT_FAIL;
@@ -328,6 +334,12 @@ static int cmd_verify(const char *path, int json) {
         const ap_ckpt_entry *e = ap_ckpt_entry_at(ck, i);
         if (!usable[e->file]) continue;
         if (e->numel > cap) buf = realloc(buf, (cap = e->numel) * sizeof *buf);
+        if (!buf) {
+            snprintf(msg, sizeof msg, "out of memory reading %s", e->name);
+            problem(list, json, msg);
+            cap = 0;
+            continue;
+        }
         for (int k = 0; k < (e->has_moments ? 3 : 1); k++)
             if (ap_ckpt_read_entry(ck, e, k == 0 ? buf : NULL, k == 1 ? buf : NULL, k == 2 ? buf : NULL, err, sizeof err))
                 problem(list, json, err);
@@ -389,6 +401,11 @@ static int cmd_diff(ap_ckpt *a, ap_ckpt *b, double rtol, int json) {
         if (ea->numel > cap) {
             cap = ea->numel;
             for (int k = 0; k < 3; k++) x[k] = realloc(x[k], cap * 4), y[k] = realloc(y[k], cap * 4);
+            if (!x[0] || !x[1] || !x[2] || !y[0] || !y[1] || !y[2]) {
+                fprintf(stderr, "autopipe ckpt: out of memory comparing %s\n", ea->name);
+                fail = 1;
+                break;
+            }
         }
         int nk = ea->has_moments && eb->has_moments ? 3 : 1;
         if (ap_ckpt_read_entry(a, ea, x[0], nk > 1 ? x[1] : NULL, nk > 1 ? x[2] : NULL, err, sizeof err) ||

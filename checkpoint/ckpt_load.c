@@ -109,7 +109,18 @@ static int resolve(const char *path, char *out, size_t n, char *err, size_t errl
     int f = ap_ckpt_find_latest(rp, out, n, err, errlen);
     if (f < 0) return -1;
     if (f == 0) {
-        seterr(err, errlen, "%s: not an autopipe checkpoint: no COMMITTED marker, manifest.json, `latest` link or committed step_* directory", path);
+        /* a checkpoint_dir whose saves were all interrupted says so */
+        DIR *d = opendir(rp);
+        struct dirent *de;
+        char unc[64] = "";
+        while (d && (de = readdir(d)))
+            if (ap_ckpt_parse_step_name(de->d_name) >= 0) snprintf(unc, sizeof unc, "%s", de->d_name);
+        if (d) closedir(d);
+        if (unc[0])
+            seterr(err, errlen, "%s: no committed checkpoint: only uncommitted step directories such as %s (interrupted saves)",
+                   path, unc);
+        else
+            seterr(err, errlen, "%s: not an autopipe checkpoint: no COMMITTED marker, manifest.json, `latest` link or committed step_* directory", path);
         return -1;
     }
     return 0;
@@ -274,6 +285,13 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
             }
             e->has_moments = nc == 3;
             e->file = i;
+            /* the arrays are stored uncompressed: they cannot exceed their file
+             * (this also bounds every buffer a reader allocates from the manifest) */
+            if (numel * 4 * nc > (double)ck->files[i].size) {
+                seterr(err, errlen, "%s (%s): %.0f bytes of data, more than %s's %" PRIu64 " bytes", where, e->name,
+                       numel * 4 * nc, ck->files[i].name, ck->files[i].size);
+                return -1;
+            }
             ck->nents++;
         }
         i++;

@@ -83,7 +83,7 @@ void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size
  * scratch (nt, T, T) with nt = ap_kernels_threads() (or AP_KERNELS_MAX_THREADS) */
 void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const float *qkv,
                            const float *att, size_t B, size_t T, size_t NH, size_t NKV, size_t D,
-                           float scale);
+                           int window, float scale);
 
 /* ---- gated MLP activation: h = act(gate) * up ---- */
 enum { AP_GLU_SILU = 0, AP_GLU_GELU_TANH = 1 }; /* SwiGLU, GeGLU (gelu_pytorch_tanh) */
@@ -131,5 +131,21 @@ double ap_sumsq(const float *x, size_t n);
 float ap_absmax(const float *x, size_t n);
 /* x *= s */
 void ap_scale(float *x, size_t n, float s);
+
+/* ---- LayerNorm (torch.nn.LayerNorm, elementwise affine with bias) ----
+ * out = (inp - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps), var
+ * biased (over C). mean, rstd (N) are kept for the backward. */
+void ap_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                          const float *bias, size_t N, size_t C, float eps);
+/* dinp (N, C) (+)= ... (must not alias dout); dweight, dbias (C) += ... */
+void ap_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                           const float *weight, const float *mean, const float *rstd, size_t N, size_t C,
+                           int accumulate);
+
+/* ---- exact GELU (torch.nn.GELU(), approximate='none'): x * Phi(x) ---- */
+/* out (n) (may alias inp) */
+void ap_gelu_forward(float *out, const float *inp, size_t n);
+/* dinp (n) = dout * gelu'(inp) (may alias dout) */
+void ap_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
 #endif

@@ -665,6 +665,37 @@ static int set_value(ap_config *cfg, const ap_cfg_key *k, yaml_document_t *doc, 
     return -1;
 }
 
+/* Configs are small and flat. libyaml's scanner slows down quadratically with
+ * flow nesting ("[[[[..."), so bound size and depth before loading. */
+#define CFG_MAX_BYTES (4 << 20)
+#define CFG_MAX_DEPTH 32
+
+/* 1 (and the position) when collections nest deeper than CFG_MAX_DEPTH;
+ * 0 otherwise, also on a syntax error, which the real load then reports. */
+static int too_deep(const char *text, size_t len, int *line, int *col) {
+    yaml_parser_t p;
+    yaml_event_t ev;
+    int depth = 0, deep = 0;
+    if (!yaml_parser_initialize(&p)) return 0;
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    while (!deep && yaml_parser_parse(&p, &ev)) {
+        yaml_event_type_t t = ev.type;
+        if (t == YAML_SEQUENCE_START_EVENT || t == YAML_MAPPING_START_EVENT) {
+            if (++depth > CFG_MAX_DEPTH) {
+                deep = 1;
+                *line = (int)ev.start_mark.line + 1;
+                *col = (int)ev.start_mark.column + 1;
+            }
+        } else if (t == YAML_SEQUENCE_END_EVENT || t == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        yaml_event_delete(&ev);
+        if (t == YAML_STREAM_END_EVENT) break;
+    }
+    yaml_parser_delete(&p);
+    return deep;
+}
+
 /* Parses `text` as a one-value YAML document and sets key k from it. */
 static int set_from_text(ap_config *cfg, const ap_cfg_key *k, const char *text, const loc *where,
                          char *err, size_t errlen) {
@@ -679,10 +710,21 @@ static int set_from_text(ap_config *cfg, const ap_cfg_key *k, const char *text, 
         *(char **)field(cfg, k) = s;
         return 0;
     }
+    size_t len = strlen(text);
+    int line, col;
+    if (len > CFG_MAX_BYTES) {
+        errf(err, errlen, where, "value of %zu bytes is too long", len);
+        return -1;
+    }
+    if (too_deep(text, len, &line, &col)) {
+        errf(err, errlen, where, "value nests lists or mappings deeper than %d levels (column %d)",
+             CFG_MAX_DEPTH, col);
+        return -1;
+    }
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) { errf(err, errlen, where, "out of memory"); return -1; }
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
         errf(err, errlen, where, "cannot read value '%s' as YAML: %s (column %zu)", text,
              parser.problem ? parser.problem : "syntax error", parser.problem_mark.column + 1);
@@ -711,13 +753,18 @@ int ap_config_defaults(ap_config *cfg) {
 
 /* ---- the YAML file ---- */
 
-/* Reads one YAML document of sections from `f` (or from `text` when f is
- * NULL); `path` names it in messages. */
-static int load_yaml(ap_config *cfg, FILE *f, const char *text, const char *path, char *err,
+/* Reads one YAML document of sections from text[0..len); `path` names it in
+ * messages. */
+static int load_yaml(ap_config *cfg, const char *text, size_t len, const char *path, char *err,
                      size_t errlen) {
     yaml_parser_t parser;
     yaml_document_t doc;
-    int rc = -1, have_doc = 0;
+    int rc = -1, have_doc = 0, dline, dcol;
+    if (too_deep(text, len, &dline, &dcol)) {
+        loc l = {path, dline, dcol, NULL};
+        errf(err, errlen, &l, "lists or mappings nest deeper than %d levels", CFG_MAX_DEPTH);
+        return -1;
+    }
     char *seen = calloc((size_t)ap_cfg_nkeys, 1);
     char *seen_sec = calloc((size_t)nsections, 1);
     if (!seen || !seen_sec || !yaml_parser_initialize(&parser)) {
@@ -726,10 +773,7 @@ static int load_yaml(ap_config *cfg, FILE *f, const char *text, const char *path
         free(seen_sec);
         return -1;
     }
-    if (f)
-        yaml_parser_set_input_file(&parser, f);
-    else
-        yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
         if (parser.error == YAML_READER_ERROR)
             errf(err, errlen, NULL, "%s: cannot read: %s", path, parser.problem ? parser.problem : "read error");
@@ -841,13 +885,30 @@ static int load_file(ap_config *cfg, const char *path, char *err, size_t errlen)
         errf(err, errlen, NULL, "cannot read config file '%s': not a regular file", path);
         return -1;
     }
+    if (st.st_size > CFG_MAX_BYTES) {
+        errf(err, errlen, NULL, "config file '%s' is %lld bytes, more than a config can be (%d)", path,
+             (long long)st.st_size, CFG_MAX_BYTES);
+        return -1;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         errf(err, errlen, NULL, "cannot read config file '%s': %s", path, strerror(errno));
         return -1;
     }
-    int rc = load_yaml(cfg, f, NULL, path, err, errlen);
+    char *buf = malloc(CFG_MAX_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, CFG_MAX_BYTES + 1, f) : 0;
+    int bad = !buf || ferror(f) || n > CFG_MAX_BYTES;
+    int e = errno;
     fclose(f);
+    if (bad) {
+        errf(err, errlen, NULL, "cannot read config file '%s': %s", path,
+             !buf ? "out of memory" : n > CFG_MAX_BYTES ? "file grew beyond the size limit" : strerror(e));
+        free(buf);
+        return -1;
+    }
+    buf[n] = 0;
+    int rc = load_yaml(cfg, buf, n, path, err, errlen);
+    free(buf);
     return rc;
 }
 
@@ -980,7 +1041,7 @@ const char ap_config_builtin_yaml[] =
 static int load_impl(ap_config *cfg, const char *path, int builtin, int argc, char **overrides,
                      char *err, size_t errlen) {
     ap_config_defaults(cfg);
-    if ((builtin && load_yaml(cfg, NULL, ap_config_builtin_yaml, "<built-in config>", err, errlen)) ||
+    if ((builtin && load_yaml(cfg, ap_config_builtin_yaml, strlen(ap_config_builtin_yaml), "<built-in config>", err, errlen)) ||
         (path && load_file(cfg, path, err, errlen)) || apply_overrides(cfg, argc, overrides, err, errlen) ||
         ap_config_validate(cfg, err, errlen)) {
         ap_config_free(cfg);
@@ -1001,7 +1062,7 @@ int ap_config_load_builtin(ap_config *cfg, int argc, char **overrides, char *err
 int ap_config_load_string(ap_config *cfg, const char *yaml, const char *name, char *err,
                           size_t errlen) {
     ap_config_defaults(cfg);
-    if (load_yaml(cfg, NULL, yaml, name ? name : "<config text>", err, errlen) ||
+    if (load_yaml(cfg, yaml, strlen(yaml), name ? name : "<config text>", err, errlen) ||
         ap_config_validate(cfg, err, errlen)) {
         ap_config_free(cfg);
         return -1;

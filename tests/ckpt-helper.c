@@ -9,7 +9,9 @@
  * rank r is (pp_rank = r / dp, dp_rank = r % dp) and holds the stages
  * pp_rank + k * pp (k < spr), as interleaved schedules place them.
  * --stop PHASE (tensor|file|files_done|manifest|committed): on rank R, at that
- * point of the save, write the PID to F and wait to be killed. */
+ * point of the save, write the PID to F and wait to be killed.
+ * --big-mb N adds an N MiB tensor per stage; --pid-file F writes each rank's
+ * PID to F.RANK before saving (for a kill at an unplanned moment). */
 #include "checkpoint/ckpt.h"
 #include "tests/ckpt-synth.h"
 
@@ -21,7 +23,8 @@
 
 static int pp = 1, spr = 1, dp = 1, layers = 8, seed = 1, keep = 0, stop_rank = 0, rank, wsize;
 static long step = 1, expect_step = -1;
-static const char *stop_phase, *stop_file;
+static const char *stop_phase, *stop_file, *pid_file;
+static long big_mb;
 
 static void on_progress(void *ctx, enum ap_ckpt_phase ph, const char *detail) {
     static const char *names[] = {"tensor", "file", "files_done", "manifest", "committed", "done"};
@@ -164,6 +167,7 @@ int main(int argc, char **argv) {
         {"pp", 1, 0, 'p'},          {"spr", 1, 0, 's'},  {"dp", 1, 0, 'd'},        {"layers", 1, 0, 'l'},
         {"seed", 1, 0, 'x'},        {"step", 1, 0, 'n'}, {"keep", 1, 0, 'k'},      {"stop", 1, 0, 'S'},
         {"stop-rank", 1, 0, 'R'},   {"stop-file", 1, 0, 'F'}, {"expect-step", 1, 0, 'e'}, {"cfg-layers", 1, 0, 'c'},
+        {"pid-file", 1, 0, 'P'},    {"big-mb", 1, 0, 'B'},
         {0, 0, 0, 0}};
     int c, cfg_layers = -1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -180,6 +184,8 @@ int main(int argc, char **argv) {
         case 'F': stop_file = optarg; break;
         case 'e': expect_step = atol(optarg); break;
         case 'c': cfg_layers = atoi(optarg); break;
+        case 'P': pid_file = optarg; break;
+        case 'B': big_mb = atol(optarg); break;
         default: return 2;
         }
     }
@@ -199,7 +205,20 @@ int main(int argc, char **argv) {
         synth_model m = synth_default(layers);
         synth_stage *st = my_stages(&m);
         if (!strcmp(cmd, "save")) {
+            /* --big-mb N: an extra N MiB tensor per stage, so the save takes a while */
+            for (int k = 0; big_mb > 0 && k < spr; k++) {
+                char nm[64];
+                snprintf(nm, sizeof nm, "model.extra.%d.weight", rank / dp + k * pp);
+                synth_add(&st[k], nm, 2, (size_t)big_mb * 256, 1024);
+            }
             for (int k = 0; k < spr; k++) synth_fill(&st[k], seed);
+            if (pid_file) { /* PID of each rank, for tests that kill one at any moment */
+                char p[4096], tmp[4200];
+                snprintf(p, sizeof p, "%s.%d", pid_file, rank);
+                snprintf(tmp, sizeof tmp, "%s.tmp", p);
+                FILE *f = fopen(tmp, "w");
+                if (f) fprintf(f, "%d\n", (int)getpid()), fclose(f), rename(tmp, p);
+            }
             rc = do_save(dir, st, &m);
         } else if (!strcmp(cmd, "load")) {
             rc = do_load(dir, st, cfg_layers);

@@ -54,11 +54,17 @@ fresh man; sed -i 's/model.layers.1.mlp.up_proj.weight/model.layers.1.mlp.upx_pr
 bad "manifest lists a tensor the file lacks" "$T/man/$S" "stage_000.h5: no dataset /tensors/model.layers.1.mlp.upx_proj.weight/param|model.layers.1.mlp.up_proj.weight not in this checkpoint"
 t "manifest disagreement: verify names the file and dataset" 'grep -q "stage_000.h5: no dataset /tensors/model.layers.1.mlp.upx_proj.weight/param (manifest.json disagrees" $T/v.out'
 
+fresh huge; sed -i '0,/\[96, 16\]/s//[9600, 1600]/' "$T/huge/$S/manifest.json"
+bad "manifest claims a tensor bigger than its file" "$T/huge/$S" "model.embed_tokens.weight\): [0-9]+ bytes of data, more than stage_000.h5's [0-9]+ bytes"
+
 fresh json; head -c 300 "$T/good/$S/manifest.json" >"$T/json/$S/manifest.json"
 bad "manifest cut short" "$T/json/$S" "manifest.json: not valid JSON"
 
 fresh unc; rm "$T/unc/$S/COMMITTED"
 bad "uncommitted directory" "$T/unc/$S" "uncommitted checkpoint: no COMMITTED marker"
+
+mkdir -p "$T/uncdir"; cp -a "$T/unc/$S" "$T/uncdir/"
+bad "checkpoint_dir holding only an uncommitted save" "$T/uncdir" "uncdir: no committed checkpoint: only uncommitted step directories such as step_00000005"
 
 mkdir -p "$T/empty/some/thing"
 bad "directory that is not a checkpoint" "$T/empty" "empty: not an autopipe checkpoint"

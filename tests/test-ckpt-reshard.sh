@@ -19,7 +19,7 @@ t "2 -> 4 with 2 stages per rank (pp=2 x spr=2)" 'run 2 reshard $T/d $T/e --pp 2
 t "4 stages (pp=2 spr=2) -> pp=4 spr=1 dp=2" 'run 8 load $T/e --pp 4 --dp 2 --expect-step 10'
 t "4 -> 1 directly" 'run 1 load $T/a --pp 1'
 t "1 -> 4 directly" 'run 4 load $T/c --pp 4'
-t "4 -> 8 stages (pp=4 spr=2, 3 layers per stage uneven)" 'run 4 load $T/a --pp 4 --spr 2'
+t "4 -> 8 stages (pp=4 spr=2, one layer each)" 'run 4 load $T/a --pp 4 --spr 2'
 t "1 -> 3 stages (uneven split of 8 layers)" 'run 3 load $T/c --pp 3'
 t "pp=3 layout written from pp=1 reloads in pp=2" 'run 3 reshard $T/c $T/f --pp 3 && run 2 load $T/f --pp 2'
 t "8 layers as 8 stages over pp=2 spr=4" 'run 2 load $T/a --pp 2 --spr 4'

@@ -3,6 +3,7 @@
  * re-saving a committed step, cleanup of interrupted saves, refusing
  * incomplete or duplicated stage sets (TAP). */
 #include "checkpoint/ckpt.h"
+#include "checkpoint/ckpt_internal.h"
 #include "tests/ckpt-synth.h"
 #include "tests/tap.h"
 
@@ -12,6 +13,33 @@
 #include <unistd.h>
 
 static char err[2048];
+
+/* HDF5 1.10's H5_checksum_fletcher32, as written there: the reference. */
+static uint32_t fletcher_ref(const void *data_, size_t len_) {
+    const uint8_t *data = data_;
+    size_t len = len_ / 2;
+    uint32_t sum1 = 0, sum2 = 0;
+    while (len) {
+        size_t tlen = len > 360 ? 360 : len;
+        len -= tlen;
+        do {
+            sum1 += (uint32_t)(((uint16_t)data[0]) << 8) | ((uint16_t)data[1]);
+            data += 2;
+            sum2 += sum1;
+        } while (--tlen);
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    }
+    if (len_ % 2) {
+        sum1 += (uint32_t)(((uint16_t)*data) << 8);
+        sum2 += sum1;
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    }
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    return (sum2 << 16) | sum1;
+}
 
 static int exists(const char *p) {
     struct stat sb;
@@ -66,6 +94,28 @@ int main(int argc, char **argv) {
     synth_add(&st, "model.edge.weight", 2, 3000, 700);
     synth_add(&st, "model.wide.weight", 2, 2, 1500000);
     synth_fill(&st, 3);
+
+    /* ---- our fletcher32 is HDF5's ---- */
+    {
+        size_t cap = 5u << 20;
+        unsigned char *b = malloc(cap);
+        int bad = 0, k;
+        srand(7);
+        for (k = 0; k < 3000; k++) {
+            size_t L = (size_t)rand() % 5000;
+            int mode = k % 4;
+            for (size_t i = 0; i < L; i++)
+                b[i] = (unsigned char)(mode == 0 ? 0 : mode == 1 ? 0xff : mode == 2 ? (rand() % 50 ? 0 : rand()) : rand());
+            bad += ap_ckpt_fletcher32(b, L) != fletcher_ref(b, L);
+        }
+        ok(bad == 0, "fletcher32 equals HDF5's on %d random buffers (zeros, 0xff, sparse, random; odd lengths)", k);
+        memset(b, 0xff, cap);
+        int big = ap_ckpt_fletcher32(b, 4u << 20) == fletcher_ref(b, 4u << 20);
+        for (size_t i = 0; i < cap; i++) b[i] = (unsigned char)(i * 2654435761u >> 13);
+        big &= ap_ckpt_fletcher32(b, cap - 1) == fletcher_ref(b, cap - 1);
+        ok(big, "fletcher32 equals HDF5's on 4-5 MiB chunks");
+        free(b);
+    }
 
     /* ---- round trip ---- */
     ok(save1(dir, 5, &st, yaml, json, 0) == 0, "save step 5: %s", err);

@@ -240,7 +240,7 @@ static void test_errors(void) {
     expect_error("out of range: beyond int", "rng:\n  seed: 99999999999\n", 0, NULL,
                  "rng.seed: 99999999999 is out of range", NULL);
     expect_error("null for a non-nullable key", "model:\n  hidden_size: null\n", 0, NULL,
-                 "model.hidden_size may not be null", "expected an integer >= 1");
+                 "model.hidden_size may not be null", "expected an integer in [1, 1048576]");
     expect_error("duplicate key", "model:\n  hidden_size: 8\n  hidden_size: 16\n", 0, NULL,
                  "c.yaml:3:3: duplicate key 'model.hidden_size'", NULL);
     expect_error("duplicate section", "model:\n  hidden_size: 8\nmodel:\n  vocab_size: 16\n", 0, NULL,
@@ -264,6 +264,18 @@ static void test_errors(void) {
                  "model:\n  _target_: nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained\n", 0, NULL,
                  "pretrained_model_name_or_path is null", NULL);
 
+    {
+        static char deep[40100], deepv[4010];
+        size_t k = (size_t)snprintf(deep, sizeof deep, "model:\n  hidden_size: ");
+        for (int i = 0; i < 20000; i++) deep[k++] = '[';
+        for (int i = 0; i < 20000; i++) deep[k++] = ']';
+        deep[k] = 0;
+        expect_error("deep nesting is refused early (libyaml is quadratic in it)", deep, 0, NULL,
+                     "c.yaml:2:", "nest deeper than 32 levels");
+        for (int i = 0; i < 4000; i++) deepv[i] = '[';
+        char *ovd[] = {"--optimizer.betas", deepv};
+        expect_error("deep nesting in an override", NULL, 2, ovd, "--optimizer.betas: value nests", NULL);
+    }
     char *ov1[] = {"--model.hiden_size", "3"};
     expect_error("override of a nonexistent key", NULL, 2, ov1, "--model.hiden_size: no such config key",
                  "did you mean model.hidden_size?");

@@ -212,7 +212,7 @@ static void test_attention(const shape *s) {
     check(what, s->name, d_y, y, B * T * Q, TOL_SUM);
     check("attention_forward att (probabilities, 0 where masked)", s->name, d_att, att,
           B * NH * T * T, TOL_SUM);
-    ap_attention_backward(dqkv, scr, dy, qkv, att, B, T, NH, NKV, D, scale);
+    ap_attention_backward(dqkv, scr, dy, qkv, att, B, T, NH, NKV, D, 0, scale);
     ap_attention_backward_cuda(d_dqkv, d_scr, d_dy, d_qkv, d_att, B, T, NH, NKV, D, scale);
     check("attention_backward dqkv", s->name, d_dqkv, dqkv, B * T * S, TOL_SUM);
     free(qkv); free(dy); free(y); free(att); free(dqkv); free(scr);

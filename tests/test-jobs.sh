@@ -24,6 +24,9 @@ for f in "$top_srcdir"/jobs/*.sbatch; do
   t "$b: every --section.key override is a known key${bad:+ (unknown:$bad)}" '[ -z "$bad" ]'
   if grep -q "autopipe train" "$f"; then
     t "$b: MPI steps use srun --mpi=pmix" '! grep "srun" "$f" | grep "autopipe \(train\|mesh\)" | grep -v -q -- "--mpi=pmix"'
+    # so a template runs unedited on a tiny config (tests/test-slurm-ckpt.sh does)
+    t "$b: the script's arguments go to autopipe train" \
+      'sed -e :a -e "/\\\\\$/N; s/\\\\\n//; ta" "$f" | grep "autopipe train" | grep -q "\"\\\$@\""'
   fi
 done
 t "the preemptible template asks for USR1 90 s ahead and requeue" \

@@ -265,7 +265,7 @@ static void test_attention(size_t B, size_t T, size_t NH, size_t NKV, size_t D, 
     ok(err < 1e-5, "attention forward B=%zu T=%zu H=%zu/%zu D=%zu window=%d vs double (err %.2e)", B, T, NH,
        NKV, D, window, err);
     float *dqkv = rnd(B * T * S, 1), *scr = zeros(AP_KERNELS_MAX_THREADS * T * T); /* garbage in dqkv: must be overwritten */
-    ap_attention_backward(dqkv, scr, c.r, c.qkv, c.att, B, T, NH, NKV, D, 1.0f / sqrtf((float)D));
+    ap_attention_backward(dqkv, scr, c.r, c.qkv, c.att, B, T, NH, NKV, D, window, 1.0f / sqrtf((float)D));
     ok(fd_check(at_loss, &c, c.qkv, dqkv, B * T * S, 1e-2f) < TOL,
        "attention backward dq,dk,dv B=%zu T=%zu H=%zu/%zu D=%zu window=%d", B, T, NH, NKV, D, window);
     free(c.qkv), free(c.y), free(c.att), free(c.r), free(dqkv), free(scr);
@@ -412,6 +412,8 @@ int main(void) {
     test_attention(1, 7, 3, 1, 6, 0);
     test_attention(2, 9, 4, 4, 4, 3);
     test_attention(1, 16, 2, 1, 8, 5);
+    test_attention(1, 150, 2, 1, 8, 0);  /* several query blocks */
+    test_attention(1, 150, 2, 2, 6, 70); /* blocks that skip the far past */
     test_glu(8, 32, AP_GLU_SILU);
     test_glu(5, 19, AP_GLU_SILU);
     test_glu(8, 32, AP_GLU_GELU_TANH);
@@ -457,10 +459,10 @@ int main(void) {
         float *aa = zeros(Bt * NH * Tt * Tt), *ab = zeros(Bt * NH * Tt * Tt), *dya = rnd(Bt * Tt * NH * D, 1);
         float *qa = zeros(Bt * Tt * S), *qb = zeros(Bt * Tt * S), *scr = zeros(AP_KERNELS_MAX_THREADS * Tt * Tt);
         ap_attention_forward(ya, aa, qkv, Bt, Tt, NH, NKV, D, 0, 0.25f);
-        ap_attention_backward(qa, scr, dya, qkv, aa, Bt, Tt, NH, NKV, D, 0.25f);
+        ap_attention_backward(qa, scr, dya, qkv, aa, Bt, Tt, NH, NKV, D, 0, 0.25f);
         ap_kernels_set_threads(2);
         ap_attention_forward(yb, ab, qkv, Bt, Tt, NH, NKV, D, 0, 0.25f);
-        ap_attention_backward(qb, scr, dya, qkv, ab, Bt, Tt, NH, NKV, D, 0.25f);
+        ap_attention_backward(qb, scr, dya, qkv, ab, Bt, Tt, NH, NKV, D, 0, 0.25f);
         ap_kernels_set_threads(1);
         ok(!memcmp(ya, yb, Bt * Tt * NH * D * 4) && !memcmp(qa, qb, Bt * Tt * S * 4),
            "attention forward/backward bit-identical with 1 and 2 threads");

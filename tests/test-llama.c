@@ -135,6 +135,22 @@ static void test_fd(const family *f) {
     ok(rc == 0 && cnt == 9 && loss > 0 && isfinite(loss), "%s: forward/backward (loss %.4f over %ld labels)",
        f->name, loss, cnt);
     ok(loss_nograd(s, tok, lab) == loss, "%s: no-grad forward (slot -1) gives the same loss", f->name);
+    {
+        size_t V = (size_t)f->mc.vocab_size;
+        float *lg = malloc(N * V * sizeof(float));
+        double ref = 0;
+        int lrc = ap_llama_forward_logits(s, tok, NULL, lg);
+        for (int n = 0; n < N; n++) {
+            if (lab[n] < 0) continue;
+            double mx = -INFINITY, z = 0;
+            for (size_t v = 0; v < V; v++) mx = fmax(mx, lg[n * V + v]);
+            for (size_t v = 0; v < V; v++) z += exp(lg[n * V + v] - mx);
+            ref += log(z) + mx - lg[n * V + lab[n]];
+        }
+        ok(lrc == 0 && fabs(ref - loss) < 1e-5 * loss, "%s: forward_logits agrees with the loss (%.6f vs %.6f)",
+           f->name, ref, loss);
+        free(lg);
+    }
     double worst = 0;
     const char *worst_name = "";
     for (int i = 0; i < s->n_refs; i++) {

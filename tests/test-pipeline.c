@@ -350,6 +350,52 @@ static void run_case(const tcase *c) {
     }
 }
 
+/* The executor refuses action lists it cannot run, with a message. */
+static void bad_lists(void) {
+    MPI_Comm comm;
+    MPI_Comm_split(MPI_COMM_WORLD, world_rank < 2 ? 0 : MPI_UNDEFINED, world_rank, &comm);
+    int r_unlowered = 0, r_foreign = 0, r_slots = 0;
+    if (world_rank < 2) {
+        char err[1024] = "";
+        ap_schedule *cs = NULL, *ls = NULL;
+        ap_schedule_generate(&cs, "1f1b", NULL, 2, 1, 4, err, sizeof err);
+        ap_schedule_lower(cs, &ls, err, sizeof err);
+        ap_stage *st;
+        tiny_stage_create(&st, world_rank, 2, world_rank * 2, world_rank * 2 + 2, V, C, MBS, T, 0, 4, SEED);
+        ap_executor_config ec = {.pp_comm = comm, .dp_comm = MPI_COMM_NULL, .num_stages = 2,
+                                 .stage_rank = ls->stage_to_rank, .stages = &st, .n_local = 1,
+                                 .num_microbatches = 4, .actions = cs->acts[world_rank],
+                                 .n_actions = cs->len[world_rank]};
+        ap_executor *ex = NULL;
+        /* compute-only (not lowered): no SEND/RECV */
+        r_unlowered = ap_executor_create(&ex, &ec, err, sizeof err) < 0 && strstr(err, "lowered");
+        /* the other rank's list: stages this rank does not hold */
+        ec.actions = ls->acts[1 - world_rank];
+        ec.n_actions = ls->len[1 - world_rank];
+        r_foreign = ap_executor_create(&ex, &ec, err, sizeof err) < 0 && strstr(err, "does not hold");
+        /* fewer activation slots than the schedule keeps in flight (stage 0 holds 2 in 1f1b pp 2) */
+        ec.actions = ls->acts[world_rank];
+        ec.n_actions = ls->len[world_rank];
+        st->max_slots = 1; /* rank 1 (the last stage holds one) learns that rank 0 failed */
+        r_slots = ap_executor_create(&ex, &ec, err, sizeof err) < 0 &&
+                  strstr(err, world_rank == 0 ? "slots" : "another pp rank failed");
+        st->max_slots = 4;
+        ap_stage_destroy(st);
+        ap_schedule_free(cs);
+        ap_schedule_free(ls);
+        MPI_Comm_free(&comm);
+    }
+    int v[3] = {r_unlowered, r_foreign, r_slots};
+    if (world_rank >= 2) v[0] = v[1] = v[2] = 1;
+    MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (!world_rank) {
+        ok(v[0], "a compute-only (not lowered) list is refused, asking whether it was lowered");
+        ok(v[1], "a list naming stages of another rank is refused");
+        ok(v[2], "a stage with fewer activation slots than the schedule keeps in flight is refused, and its peer "
+                 "returns too instead of waiting");
+    }
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
@@ -388,6 +434,7 @@ int main(int argc, char **argv) {
         tcase untied = {"1f1b", 4, 1, 1, 0, 7, 0, 1.0, 0, 1};
         run_case(&untied);
     }
+    bad_lists();
     int rc = 0;
     if (!world_rank) rc = tap_done();
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);

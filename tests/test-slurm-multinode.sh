@@ -1,8 +1,10 @@
 #!/bin/sh
 # test-slurm-multinode.sh - two slurmd (n1, n2) on this machine form a
 # two-node cluster: pipeline stages land on different nodes, local ranks
-# restart per node, and `autopipe mesh` agrees across nodes (TAP).
+# restart per node, `autopipe mesh` agrees across nodes, and `autopipe train`
+# with its two stages on two nodes gives the losses of the one-node run (TAP).
 . "$top_srcdir/tests/slurm/cluster.sh"
+. "$top_srcdir/tests/slurm/train-common.sh"
 cluster_need || exit 0
 n=0; fail=0
 t() { n=$((n+1)); if eval "$2"; then echo "ok $n - $1"; else echo "not ok $n - $1"; fail=1; fi; }
@@ -25,8 +27,9 @@ t "-N 2 --ntasks-per-node=2 --pp-size=2 -n 4: each node holds one whole stage (d
 
 # Two "nodes" on one host: Open MPI's shared-memory BTL (vader) of ranks on
 # n1 and on n2 collide and crash (seen: segfault in mca_btl_vader_poll_handle_frag);
-# real separate nodes would not share it. Use TCP on loopback here.
-OMPI_MCA_btl=self,tcp S --mpi=pmix -N 2 --ntasks-per-node=2 --pp-size=2 -n 4 "$AUTOPIPE" mesh >"$d/out" 2>"$d/err"; rc=$?
+# real separate nodes would not share it. Use TCP on loopback here, through
+# ob1 (the UCX pml would pick shared memory again).
+OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix -N 2 --ntasks-per-node=2 --pp-size=2 -n 4 "$AUTOPIPE" mesh >"$d/out" 2>"$d/err"; rc=$?
 t "autopipe mesh across the two nodes succeeds (communicators checked)" '[ $rc -eq 0 ]'
 t "... with the plugin's coordinates and per-node local ranks" \
   '[ "$(cat "$d/out")" = "$(printf "rank 0 pp=0 dp=0 tp=0 local=0 source=env\nrank 1 pp=0 dp=1 tp=0 local=1 source=env\nrank 2 pp=1 dp=0 tp=0 local=0 source=env\nrank 3 pp=1 dp=1 tp=0 local=1 source=env")" ]'
@@ -46,6 +49,25 @@ t "a 2-node batch job with #SBATCH --pp-size=2 puts its stages on both nodes" \
 # The 2 x 4-task template, with 1 CPU per task to fit these 8-CPU nodes.
 (cd "$d" && timeout 60 sbatch --test-only --cpus-per-task=1 "$top_srcdir/jobs/pretrain-multi-node.sbatch" >"$d/out" 2>&1); rc=$?
 t "jobs/pretrain-multi-node.sbatch: accepted on 2 nodes (sbatch --test-only)" '[ $rc -eq 0 ] && grep -q "to start at" "$d/out"'
+
+# Training with stage 0 on n1 and stage 1 on n2 = the same run on one node:
+# the same per-step losses, grad norms and val loss in the metrics JSONL.
+tiny_yaml "$d/tiny.yaml" 2 1
+for where in "one:-N 1 -w n1" "two:-N 2 --ntasks-per-node=1"; do
+  name=${where%%:*}
+  # shellcheck disable=SC2086
+  (cd "$d" && OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix ${where#*:} --pp-size=2 -n 2 "$AUTOPIPE" train \
+     --config "$d/tiny.yaml" --checkpoint.enabled false --logging.metrics_file "$d/$name.jsonl") \
+     >"$d/$name.out" 2>"$d/err"; eval "rc_$name=\$?"
+done
+t "autopipe train -N 1 --pp-size=2 -n 2 (both stages on n1) completes" \
+  '[ $rc_one -eq 0 ] && grep -q "^step 3/3 " "$d/one.out"'
+t "autopipe train -N 2 --pp-size=2 -n 2 (a stage per node) completes" \
+  '[ $rc_two -eq 0 ] && grep -q "^step 3/3 " "$d/two.out" && grep -q "^autopipe: mesh pp=2 x dp=1 x tp=1 from env" "$d/two.out"'
+t "... same per-step loss, grad norm and val loss as on one node" 'same_losses "$d/one.jsonl" "$d/two.jsonl"'
+# Same binary, same reductions: the printed values (9 digits) are identical.
+lossvals() { grep -o '"\(loss\|grad_norm\|val_loss\)": [^,}]*' "$1"; }
+t "... and identical to the printed digits" '[ -n "$(lossvals "$d/one.jsonl")" ] && [ "$(lossvals "$d/one.jsonl")" = "$(lossvals "$d/two.jsonl")" ]'
 
 [ $fail -eq 0 ] || { cluster_dump; echo "# last stderr:"; sed "s/^/#   /" "$d/err" | tail -20; }
 echo "1..$n"

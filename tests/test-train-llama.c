@@ -126,6 +126,26 @@ int main(void) {
        s ? " / " : "", s ? ap_llama_stage_error(s) : "");
     ok(r.nonfinite, "... as a non-finite loss or grad norm");
     ap_stage_destroy(s);
+
+    /* a NaN weight reaches the loss as a NaN value (for the loop's non-finite
+     * check), not as a forward error */
+    {
+        ap_model_config mc = tiny_config();
+        ap_stage *sn = NULL;
+        int32_t tok[2 * 16], lab[2 * 16];
+        for (int i = 0; i < 2 * 16; i++) tok[i] = lab[i] = 65 + i % 7;
+        double loss = 0;
+        long cnt = 0;
+        int frc = ap_llama_stage_create(&sn, &mc, 0, mc.num_hidden_layers, 1, 1, 2, 16, 1, 0, err, sizeof err);
+        if (frc == 0) {
+            ap_llama_init_params(sn, 7);
+            for (size_t i = 0; i < sn->n_params; i++) sn->params[i] = NAN;
+            frc = sn->ops->forward(sn, 0, tok, NULL, NULL, lab, &loss, &cnt);
+        }
+        ok(frc == 0 && loss != loss && cnt == 32, "NaN weights: forward succeeds with a NaN loss (rc %d, count %ld)",
+           frc, cnt);
+        ap_stage_destroy(sn);
+    }
     ap_dataset_free(d);
     return tap_done();
 }

@@ -203,7 +203,7 @@ int main(void) {
     o.ckpt_every_steps = 20;
     o.metrics_file = path;
     o.quiet = 0;
-    ap_checkpoint_hooks h = {hook_resume, hook_save, NULL};
+    ap_checkpoint_hooks h = {.resume = hook_resume, .save = hook_save};
     ap_train_set_checkpoint_hooks(&h);
     s = tiny_stage_create(AP_BYTE_VOCAB, 16, o.micro_batch_size, T, 7);
     ap_step_engine_single(&e, &s);

@@ -29,6 +29,8 @@ typedef struct {
     int dp_started;
     int n_tied_skip;            /* this stage's tied copy: not counted in the grad norm */
     ap_param_ref *tied;         /* the tied embedding tensor on this stage, or NULL */
+    double cost_s[AP_ACT_NTYPES]; /* time spent in each compute type (training steps) */
+    long cost_n[AP_ACT_NTYPES];
 } lstage;
 
 typedef struct {
@@ -307,26 +309,42 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
             seterr(err, errlen, "executor: tied embeddings differ in size (%zu, %zu)", e0->numel, e1->numel);
             goto fail;
         }
-        /* Start from identical values: the last stage takes the first's. */
-        if (e0 && e1)
-            memcpy(e1->param, e0->param, e0->numel * sizeof(float));
-        else if (e0 && ex->last_rank != ex->pp_rank)
-            MPI_Send(e0->param, (int)e0->numel, MPI_FLOAT, ex->last_rank, TIED_TAG, cfg->pp_comm);
-        else if (e1 && ex->first_rank != ex->pp_rank)
-            MPI_Recv(e1->param, (int)e1->numel, MPI_FLOAT, ex->first_rank, TIED_TAG, cfg->pp_comm,
-                     MPI_STATUS_IGNORE);
         if ((e0 && !e1) || (e1 && !e0))
             if (!(ex->tied_tmp = alloc_act(ex->tied_numel))) goto oom;
+    }
+    int ok = 1;
+    goto agree;
+oom:
+    seterr(err, errlen, "executor: out of memory allocating pipeline buffers");
+fail:
+    ok = 0;
+agree: {
+    /* Set-up can fail on one rank alone: all pp ranks learn it before any
+     * message, so none waits for a peer that has given up. */
+    int all_ok = ok;
+    MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, cfg->pp_comm);
+    if (!all_ok) {
+        if (ok) seterr(err, errlen, "executor: another pp rank failed to set up its stages (see its message)");
+        ap_executor_destroy(ex);
+        return -1;
+    }
+}
+    /* Tied embeddings start from identical values: the last stage takes the first's. */
+    if (cfg->tie_word_embeddings && cfg->num_stages > 1) {
+        ap_param_ref *e0 = ex->has_first ? ex->ls[ex->local_of[0]].tied : NULL;
+        ap_param_ref *e1 = ex->has_last ? ex->ls[ex->local_of[cfg->num_stages - 1]].tied : NULL;
+        if (e0 && e1)
+            memcpy(e1->param, e0->param, e0->numel * sizeof(float));
+        else if (e0)
+            MPI_Send(e0->param, (int)e0->numel, MPI_FLOAT, ex->last_rank, TIED_TAG, cfg->pp_comm);
+        else if (e1)
+            MPI_Recv(e1->param, (int)e1->numel, MPI_FLOAT, ex->first_rank, TIED_TAG, cfg->pp_comm,
+                     MPI_STATUS_IGNORE);
     }
     MPI_Barrier(cfg->pp_comm);
     ex->t_origin = MPI_Wtime();
     *out = ex;
     return 0;
-oom:
-    seterr(err, errlen, "executor: out of memory allocating pipeline buffers");
-fail:
-    ap_executor_destroy(ex);
-    return -1;
 }
 
 static void write_trace(ap_executor *ex) {
@@ -566,6 +584,10 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             seterr(err, errlen, "executor: stage %d failed in %s of microbatch %d (%d)", l->id, type_name(t), m, rc);
             return -1;
         }
+        if (train && ap_act_is_compute(t)) {
+            l->cost_s[t] += MPI_Wtime() - t0;
+            l->cost_n[t]++;
+        }
         if (train && sync && i == l->last_bwd && !l->dp_started && start_dp(ex, l)) goto oom;
         if (ex->n_dp) {
             int flag;
@@ -772,4 +794,21 @@ double ap_executor_tied_copy_sumsq(const ap_executor *ex) {
         for (size_t i = 0; i < l->tied->numel; i++) acc += (double)l->tied->grad[i] * l->tied->grad[i];
     }
     return acc;
+}
+
+int ap_executor_action_cost(const ap_executor *ex, int stage, int type, double *mean_s) {
+    if (stage < 0 || stage >= ex->cfg.num_stages || ex->local_of[stage] < 0 || type <= AP_ACT_NONE ||
+        type >= AP_ACT_NTYPES)
+        return -1;
+    const lstage *l = &ex->ls[ex->local_of[stage]];
+    if (!l->cost_n[type]) return -1;
+    *mean_s = l->cost_s[type] / (double)l->cost_n[type];
+    return 0;
+}
+
+void ap_executor_reset_costs(ap_executor *ex) {
+    for (int li = 0; li < ex->n_local; li++) {
+        memset(ex->ls[li].cost_s, 0, sizeof ex->ls[li].cost_s);
+        memset(ex->ls[li].cost_n, 0, sizeof ex->ls[li].cost_n);
+    }
 }

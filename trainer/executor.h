@@ -61,7 +61,11 @@ typedef struct {
 
 /* Checks the action list against the stages (every local stage known, every
  * F/B/I/W/SEND/RECV refers to a local stage and a valid microbatch, sends and
- * receives only across ranks) and allocates the buffers. */
+ * receives only across ranks, one of each per stage and microbatch, enough
+ * activation slots) and allocates the buffers. Collective over pp_comm: when
+ * any pp rank fails, every one returns -1 (the others with "another pp rank
+ * failed"), so no rank waits on a peer that gave up. Then the last stage's
+ * tied embedding takes the first stage's values. */
 int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *err, size_t errlen);
 void ap_executor_destroy(ap_executor *ex);
 
@@ -117,6 +121,14 @@ double ap_executor_clip_grad_norm(ap_executor *ex, double max_norm, double norm_
  * when this rank holds none, or the first and last stage are one stage):
  * what a norm over every local gradient counts twice. */
 double ap_executor_tied_copy_sumsq(const ap_executor *ex);
+
+/* Mean measured time (s) of the compute actions of `type` (F, B, I, W) of a
+ * local stage over the training steps so far (timing includes waits for a
+ * local neighbour, never for messages: those are RECV actions). -1 when this
+ * rank does not hold the stage or ran no such action. For the simulator's
+ * prediction from measured costs (bench). */
+int ap_executor_action_cost(const ap_executor *ex, int stage, int type, double *mean_s);
+void ap_executor_reset_costs(ap_executor *ex);
 
 /* Multiplies every local gradient by 1/divisor (AutoPipeline's scale_grads_by_divisor). */
 void ap_executor_scale_grads_by_divisor(ap_executor *ex, double divisor);

@@ -310,7 +310,7 @@ static void layer_backward_input(const llama *m, int l, const layer_acts *a, con
     memcpy(d->dattn, dres, N * C * sizeof(float));
     ap_matmul_backward_input(m->dy, d->dattn, w->wo, N, Q, C, 0);
     ap_attention_backward(d->dqkv, m->datt, m->dy, a->qkv, a->att, m->B, m->T, m->H, m->KVH, m->D,
-                          m->att_scale);
+                          m->window, m->att_scale);
     ap_rope_backward(d->dqkv, m->cos_, m->sin_, N, m->T, m->H, m->D, S);
     ap_rope_backward(d->dqkv + Q, m->cos_, m->sin_, N, m->T, m->KVH, m->D, S);
     if (m->mc.qk_norm) {
@@ -372,8 +372,8 @@ static int check_ids(llama *m, const int32_t *ids, int allow_ignore, const char 
     return 0;
 }
 
-static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
-                         const int32_t *labels, double *loss_sum, long *n_tokens) {
+static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
+                        const int32_t *labels, double *loss_sum, long *n_tokens, float *logits) {
     llama *m = s->impl;
     size_t NC = m->N * m->C;
     m->err[0] = 0;
@@ -388,6 +388,8 @@ static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const flo
     if (m->first && !tokens) return set_err(m, "forward: first stage needs tokens"), -1;
     if (!m->first && !in) return set_err(m, "forward: stage needs its input hidden states"), -1;
     if (m->last && slot >= 0 && !labels) return set_err(m, "forward: last stage needs labels"), -1;
+    if (logits && (!m->last || slot >= 0))
+        return set_err(m, "forward_logits: needs the last stage and a no-grad forward"), -1;
     if (!m->last && !out) return set_err(m, "forward: stage needs an output buffer"), -1;
     if (m->first && check_ids(m, tokens, 0, "tokens")) return -1;
     if (m->last && labels && check_ids(m, labels, 1, "labels")) return -1;
@@ -407,12 +409,14 @@ static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const flo
         layer_forward(m, l, a, x, y);
         x = y;
     }
-    if (m->last) {
+    if (logits) {
+        ap_rmsnorm_forward(m->sh.lnf, m->sh.lnf_rstd, x, m->normf, m->N, m->C, m->eps, m->plus_one);
+        ap_matmul_forward(logits, m->sh.lnf, m->lm, NULL, m->N, m->C, m->V, 0);
+    } else if (m->last) {
         if (labels) {
             const head_acts *h = (sl && !m->ckpt) ? &sl->head : &m->sh;
             long cnt = 0;
             double loss = head_forward(m, h, x, labels, &cnt);
-            if (loss != loss) return set_err(m, "forward: out of memory in cross-entropy"), -1;
             if (loss_sum) *loss_sum += loss;
             if (n_tokens) *n_tokens += cnt;
             if (sl) memcpy(sl->labels, labels, m->N * sizeof(int32_t));
@@ -422,6 +426,11 @@ static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const flo
     }
     if (sl) sl->state = S_FORWARD;
     return 0;
+}
+
+static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
+                         const int32_t *labels, double *loss_sum, long *n_tokens) {
+    return forward_impl(s, slot, tokens, in, out, labels, loss_sum, n_tokens, NULL);
 }
 
 enum bw_mode { BW_FULL, BW_INPUT, BW_WEIGHT };
@@ -546,6 +555,11 @@ static const ap_stage_ops llama_ops = {
     .backward_weight = llama_backward_weight,
     .destroy = llama_destroy,
 };
+
+int ap_llama_forward_logits(ap_stage *s, const int32_t *tokens, const float *in, float *logits) {
+    if (!logits) return set_err(s->impl, "forward_logits: no output buffer"), -1;
+    return forward_impl(s, -1, tokens, in, NULL, NULL, NULL, NULL, logits);
+}
 
 const char *ap_llama_stage_error(const ap_stage *s) {
     if (!s || s->ops != &llama_ops) return "";

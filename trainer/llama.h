@@ -59,6 +59,11 @@ int ap_llama_stage_create(ap_stage **out, const ap_model_config *mc, int first_l
                           int last_layer, int has_embed, int has_head, int B, int T,
                           int max_slots, int activation_checkpointing, char *err, size_t errlen);
 
+/* No-grad forward of a last stage returning the logits (B, T, V) instead of
+ * the loss (for eval, generation and parity checks). 0 or -1 (see
+ * ap_llama_stage_error). */
+int ap_llama_forward_logits(ap_stage *s, const int32_t *tokens, const float *in, float *logits);
+
 /* The message of the last failed forward/backward call of this stage ("" if none). */
 const char *ap_llama_stage_error(const ap_stage *s);
 

@@ -12,6 +12,7 @@
 #include "launcher/mesh.h"
 #include "trainer/generate.h"
 #include "trainer/llama.h"
+#include "trainer/model_family.h"
 #include "trainer/plan.h"
 #include "trainer/split.h"
 
@@ -102,6 +103,7 @@ struct ap_pipeline {
     int n_local;
     ap_executor *ex;
     ap_pipeline_engine pe;
+    const ap_model_family *family; /* builds the stages (model._target_) */
     MPI_Comm all; /* pp x dp ranks of tp rank 0 (tp must be 1) */
     size_t total_params;
     char trace_path[4096];
@@ -109,8 +111,10 @@ struct ap_pipeline {
 
 int ap_pipeline_wanted(const ap_config *cfg) {
     (void)cfg;
+    /* SLURM_STEP_NUM_TASKS: an srun step without the plugin's flags (Slurm's
+     * PMIx sets no size variable before MPI_Init; a batch script has none). */
     static const char *vars[] = {"AUTOPIPE_PP_SIZE", "AUTOPIPE_DP_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
-                                 "PMIX_SIZE"};
+                                 "PMIX_SIZE",        "SLURM_STEP_NUM_TASKS"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
         const char *v = getenv(vars[i]);
         if (v && atoi(v) > 1) return 1;
@@ -203,6 +207,10 @@ int ap_pipeline_create(ap_pipeline **out, const ap_config *cfg, const ap_model_c
     }
     if (world_rank == 0) {
         ap_plan_print(stdout, &c2, mc, &p->split, 8);
+        if (cfg->autopipeline.scale_grads_in_schedule)
+            printf("note: autopipeline.scale_grads_in_schedule is set, but `autopipe train` scales by the label-token "
+                   "count of the whole step (gradients identical to one process); the per-microbatch mean is "
+                   "ap_executor_config.scale_grads_in_schedule\n");
         fflush(stdout);
     }
     int ids[AP_PIPE_MAX_LOCAL];
@@ -213,20 +221,31 @@ int ap_pipeline_create(ap_pipeline **out, const ap_config *cfg, const ap_model_c
         goto fail_local;
     }
     int S = p->sched->num_stages, T = cfg->dataloader.seq_len, mbs = cfg->autopipeline.pp_microbatch_size;
+    if (!(p->family = ap_model_family_for_config(cfg, err, errlen))) {
+        *usage = 1;
+        goto fail_local;
+    }
     for (int i = 0; i < p->n_local; i++) {
         const ap_split_stage *ss = &p->split.stages[ids[i]];
         int slots = ap_executor_peak_slots(p->sched->acts[pp_rank], p->sched->len[pp_rank], ids[i]);
-        if (ap_llama_stage_create(&p->stages[i], mc, ss->first_layer, ss->last_layer, ss->has_embed, ss->has_head,
-                                  mbs, T, slots > 0 ? slots : 1, cfg->model.activation_checkpointing, err, errlen))
+        if (p->family->stage_create(&p->stages[i], mc, ss->first_layer, ss->last_layer, ss->has_embed, ss->has_head,
+                                    mbs, T, slots > 0 ? slots : 1, cfg->model.activation_checkpointing, err,
+                                    errlen))
             goto fail_local;
         p->stages[i]->stage_id = ids[i];
         p->stages[i]->num_stages = S;
         p->stages[i]->is_first = ids[i] == 0;
         p->stages[i]->is_last = ids[i] == S - 1;
         if (pretrained_dir) {
-            if (ap_model_dir_load(p->stages[i], pretrained_dir, err, errlen)) goto fail_local;
+            if (!p->family->load_dir) {
+                snprintf(err, errlen, "model.pretrained_model_name_or_path: the %s model family loads no weights",
+                         p->family->name);
+                *usage = 1;
+                goto fail_local;
+            }
+            if (p->family->load_dir(p->stages[i], pretrained_dir, err, errlen)) goto fail_local;
         } else {
-            ap_llama_init_params(p->stages[i], (uint64_t)cfg->rng.seed);
+            p->family->init_params(p->stages[i], (uint64_t)cfg->rng.seed);
         }
     }
     if (cfg->logging.trace_dir) {
@@ -265,7 +284,7 @@ built:
                              .actions = p->sched->acts[pp_rank2],
                              .n_actions = p->sched->len[pp_rank2],
                              .scale_grads_in_schedule = 0, /* the loop scales by 1/N (see docs/executor.md) */
-                             .tie_word_embeddings = mc->tie_word_embeddings,
+                             .tie_word_embeddings = mc->tie_word_embeddings && p->family->can_tie,
                              .trace_path = p->trace_path[0] ? p->trace_path : NULL};
     failed = ap_executor_create(&p->ex, &ec, err, errlen) != 0;
     if (agree(failed, err, errlen)) {
@@ -278,7 +297,7 @@ built:
     unsigned long long np = 0;
     if (p->mesh.coord.r[AP_AXIS_DP] == 0)
         for (int i = 0; i < p->n_local; i++) np += p->stages[i]->n_params;
-    if (mc->tie_word_embeddings && p->sched->num_stages > 1 && p->mesh.coord.r[AP_AXIS_DP] == 0)
+    if (ec.tie_word_embeddings && p->sched->num_stages > 1 && p->mesh.coord.r[AP_AXIS_DP] == 0)
         for (int i = 0; i < p->n_local; i++)
             if (p->stages[i]->is_last && !p->stages[i]->is_first) {
                 ap_param_ref *r = ap_llama_find_param(p->stages[i], "model.embed_tokens.weight");
@@ -296,13 +315,22 @@ void ap_pipeline_set_opts(const ap_pipeline *p, ap_train_opts *o) {
     o->dp_rank = p->mesh.coord.r[AP_AXIS_DP];
     o->dp_size = p->mesh.mesh.size[AP_AXIS_DP];
     o->is_log_rank = p->mesh.rank == 0;
+    /* mpirun gives ranks a pseudo-terminal whatever its own stdout is, so "auto"
+     * cannot tell a terminal from a log file there: no bar unless asked for. */
+    if (o->progress == 0) o->progress = 2;
+}
+
+void ap_pipeline_topology(const ap_pipeline *p, int *pp, int *dp, int *stages_per_rank) {
+    *pp = p->mesh.mesh.size[AP_AXIS_PP];
+    *dp = p->mesh.mesh.size[AP_AXIS_DP];
+    *stages_per_rank = p->split.stages_per_rank;
 }
 
 size_t ap_pipeline_param_count(const ap_pipeline *p) { return p->total_params; }
 
 const char *ap_pipeline_stage_error(const ap_pipeline *p) {
     for (int i = 0; i < p->n_local; i++) {
-        const char *e = ap_llama_stage_error(p->stages[i]);
+        const char *e = p->family->stage_error(p->stages[i]);
         if (e && *e) return e;
     }
     return "";

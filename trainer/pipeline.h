@@ -60,6 +60,8 @@ int ap_pipeline_create(ap_pipeline **out, const struct ap_config *cfg, const ap_
  * dp_rank, dp_size, is_log_rank (world rank 0). */
 ap_step_engine *ap_pipeline_get_engine(ap_pipeline *p);
 void ap_pipeline_set_opts(const ap_pipeline *p, ap_train_opts *o);
+/* The run's layout: pp size, dp size, stages per pp rank (for checkpoints). */
+void ap_pipeline_topology(const ap_pipeline *p, int *pp, int *dp, int *stages_per_rank);
 /* Parameters of the whole model (a tied copy counted once). */
 size_t ap_pipeline_param_count(const ap_pipeline *p);
 /* The message of the last failed stage call on this rank ("" if none). */

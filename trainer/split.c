@@ -168,13 +168,19 @@ done:
 /* Fills the stages from generate_hf_model_fqn_per_model_part. */
 static int split_auto(ap_split *out, int num_layers, char *err, size_t errlen) {
     int ns = out->num_stages, rc = -1;
+    char e[256];
+    if (ns > num_layers) { /* before allocating: ns may come from a huge pp_size */
+        generate_hf_model_fqn_per_model_part(ns, num_layers, 1, 1, 1, "model.", NULL, 0, e, sizeof e);
+        snprintf(err, errlen, "cannot split model.num_hidden_layers %d over %d stages (pp_size %d x %d per rank): %s",
+                 num_layers, ns, out->pp_size, out->stages_per_rank, e);
+        return -1;
+    }
     ap_stage_modules *m = calloc((size_t)ns, sizeof *m);
     out->stages = calloc((size_t)ns, sizeof *out->stages);
     if (!m || !out->stages) {
         snprintf(err, errlen, "out of memory");
         goto done;
     }
-    char e[256];
     if (generate_hf_model_fqn_per_model_part(ns, num_layers, 1, 1, 1, "model.", m, (size_t)ns, e, sizeof e) < 0) {
         snprintf(err, errlen, "cannot split model.num_hidden_layers %d over %d stages (pp_size %d x %d per rank): %s",
                  num_layers, ns, out->pp_size, out->stages_per_rank, e);
@@ -255,8 +261,11 @@ int ap_split_plan(const ap_config *cfg, const ap_model_config *mc, ap_split *out
         }
     } else {
         char e[400];
-        calculate_virtual_stages(out->num_layers, -1, out->pp_size, out->single_stage, AP_ROUND_NONE,
-                                 &out->num_stages, &out->stages_per_rank, e, sizeof e);
+        if (calculate_virtual_stages(out->num_layers, -1, out->pp_size, out->single_stage, AP_ROUND_NONE,
+                                     &out->num_stages, &out->stages_per_rank, e, sizeof e)) {
+            snprintf(err, errlen, "distributed.pp_size %d: %s", out->pp_size, e);
+            return -1;
+        }
         if (a->has_stages_per_rank) {
             if ((long long)a->stages_per_rank * out->pp_size > AP_MESH_MAX_RANKS) {
                 snprintf(err, errlen, "autopipeline.stages_per_rank %d is too large", a->stages_per_rank);

@@ -4,6 +4,7 @@
 #include "kernels/kernels.h"
 #include "trainer/metrics.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,10 @@ static int train_checkpoint_save(const ap_train_state *st, char *err, size_t err
     return g_ckpt.save ? g_ckpt.save(g_ckpt.ctx, st, err, errlen) : 0;
 }
 
+static int train_checkpoint_stop(long steps_done, char *err, size_t errlen) {
+    return g_ckpt.stop ? g_ckpt.stop(g_ckpt.ctx, steps_done, err, errlen) : 0;
+}
+
 /* ---- the loop ---- */
 
 static double now_s(void) {
@@ -198,16 +203,22 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         am[i] = adam[i].m;
         av[i] = adam[i].v;
     }
-    if (ap_metrics_open(&met, stdout, o->is_log_rank && !o->quiet ? o->metrics_file : NULL,
-                        o->quiet || !o->is_log_rank ? 2 : o->progress, o->log_every_steps, err, errlen) < 0)
-        goto done;
-    met_open = 1;
-
     ap_train_state st = {0, train->st, e->stages, e->n_stages, am, av, cfg};
     int resumed;
     if (train_checkpoint_resume(&st, &resumed, err, errlen) < 0) goto done;
     if (resumed && ap_loader_set_state(train, &st.data, err, errlen) < 0) goto done;
     long step = st.step;
+
+    /* a resumed run appends to the metrics file of the run it continues */
+    const char *mpath = o->is_log_rank && !o->quiet ? o->metrics_file : NULL;
+    if (ap_metrics_open(&met, stdout, resumed ? NULL : mpath, o->quiet || !o->is_log_rank ? 2 : o->progress,
+                        o->log_every_steps, err, errlen) < 0)
+        goto done;
+    met_open = 1;
+    if (resumed && mpath && !(met.jsonl = fopen(mpath, "a"))) {
+        snprintf(err, errlen, "logging.metrics_file %s: cannot append: %s", mpath, strerror(errno));
+        goto done;
+    }
     if (resumed && o->is_log_rank && !o->quiet) ap_metrics_note(&met, "resumed at step %ld", step);
 
     for (; step < o->max_steps; step++) {
@@ -294,10 +305,28 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
             res->last_val_loss = vl;
             if (o->is_log_rank && !o->quiet) ap_metrics_val(&met, step + 1, vl, vn);
         }
+        int saved = 0;
         if ((o->ckpt_every_steps > 0 && (step + 1) % o->ckpt_every_steps == 0) || step + 1 == o->max_steps) {
             st.step = step + 1;
             st.data = train->st;
             if (train_checkpoint_save(&st, err, errlen) < 0) goto done;
+            saved = 1;
+        }
+        /* 7. preemption: every rank agrees at this step boundary */
+        if (step + 1 < o->max_steps) {
+            int stop = train_checkpoint_stop(step + 1, err, errlen);
+            if (stop < 0) goto done;
+            if (stop) {
+                if (!saved) {
+                    st.step = step + 1;
+                    st.data = train->st;
+                    if (train_checkpoint_save(&st, err, errlen) < 0) goto done;
+                }
+                res->preempted = 1;
+                if (o->is_log_rank && !o->quiet)
+                    ap_metrics_note(&met, "stop requested (signal): checkpoint of step %ld saved, exiting", step + 1);
+                break;
+            }
         }
     }
     rv = 0;

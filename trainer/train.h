@@ -16,6 +16,7 @@
 #define AP_TRAIN_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "trainer/data.h"
@@ -92,6 +93,7 @@ typedef struct {
     double last_grad_norm;
     double last_val_loss;       /* NaN when never validated */
     int nonfinite;              /* stopped on a NaN/Inf loss or grad norm */
+    int preempted;              /* stopped early by the stop hook (a signal), checkpoint saved */
 } ap_train_result;
 
 /* What a checkpoint saves and restores (the checkpoint part implements the hooks). */
@@ -111,6 +113,10 @@ typedef struct {
     /* Called every ckpt_every_steps and after the last step. */
     int (*save)(void *ctx, const ap_train_state *st, char *err, size_t errlen);
     void *ctx;
+    /* Called after every step but the last (collective: every rank gets the
+     * same answer): 1 = save now and stop (preemption), 0 = go on, < 0 error.
+     * May be NULL. */
+    int (*stop)(void *ctx, long steps_done, char *err, size_t errlen);
 } ap_checkpoint_hooks;
 
 /* Installs the checkpoint implementation (NULL: none; the loop then saves nothing). */
@@ -133,6 +139,12 @@ void ap_train_opts_from_config(ap_train_opts *o, const struct ap_config *cfg, co
 /* `autopipe train` after its config is loaded: builds the model and data,
  * runs the loop; returns the exit status (0, 1 failure or NaN, 2 config). */
 int ap_train_main(const struct ap_config *cfg);
+/* The debug summary (trainer/plan.c's ap_plan_print: pp degree, every rank's
+ * stages, schedule, microbatches, per-stage parameters and %, estimated
+ * activation memory per rank, modules): what `autopipe plan` prints and
+ * `autopipe train` prints first (`--dry-run`: and stops). 0 or -1. */
+int ap_train_print_summary(FILE *f, const struct ap_config *cfg, const ap_model_config *mc, char *err,
+                           size_t errlen);
 int ap_cmd_train(int argc, char **argv);
 int ap_cmd_eval(int argc, char **argv);
 

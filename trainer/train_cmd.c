@@ -6,11 +6,16 @@
 #include "kernels/kernels.h"
 #include "launcher/commands.h"
 #include "launcher/config.h"
+#include "launcher/mesh.h"
 #include "trainer/generate.h"
 #include "trainer/llama.h"
 #include "trainer/metrics.h"
+#include "trainer/model_family.h"
 #include "trainer/pipeline.h"
+#include "trainer/plan.h"
+#include "trainer/split.h"
 #include "trainer/tokenizer.h"
+#include "trainer/train_ckpt.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -64,7 +69,9 @@ void ap_train_opts_from_config(ap_train_opts *o, const ap_config *cfg, const ap_
     o->val_every_steps = cfg->step_scheduler.val_every_steps;
     o->log_every_steps = cfg->logging.log_every_steps;
     o->ckpt_every_steps = cfg->step_scheduler.ckpt_every_steps;
-    o->flops_per_token = ap_model_flops_per_token(mc, o->seq_len);
+    char ferr[512];
+    const ap_model_family *fam = ap_model_family_for_config(cfg, ferr, sizeof ferr);
+    o->flops_per_token = fam ? fam->flops_per_token(mc, o->seq_len) : 0;
     o->peak_flops = ap_peak_flops(threads);
     o->metrics_file = cfg->logging.metrics_file;
     o->progress = cfg->logging.progress;
@@ -102,6 +109,46 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* "llama", "qwen2", ... or the family of model._target_ ("custom"). */
+static const char *model_name(const ap_config *cfg, const ap_model_config *mc) {
+    char e[512];
+    const ap_model_family *f = ap_model_family_for_config(cfg, e, sizeof e);
+    return f ? ap_model_family_model_name(f, mc) : "?";
+}
+
+int ap_train_print_summary(FILE *f, const ap_config *cfg, const ap_model_config *mc, char *err, size_t errlen) {
+    ap_split sp;
+    memset(&sp, 0, sizeof sp);
+    if (ap_split_plan(cfg, mc, &sp, err, errlen) < 0) return -1;
+    int rc = ap_plan_print(f, cfg, mc, &sp, 8);
+    ap_split_free(&sp);
+    fflush(f);
+    if (rc < 0) snprintf(err, errlen, "cannot print the debug summary");
+    return rc;
+}
+
+/* `autopipe train --dry-run`: the debug summary, printed once (by the
+ * launcher's rank 0 under mpirun/srun, by this process otherwise), no MPI. */
+static int train_dry_run(const ap_config *cfg) {
+    static const char *rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
+    char err[1024];
+    ap_model_config mc;
+    if (ap_config_model(cfg, &mc, err, sizeof err) < 0) {
+        fprintf(stderr, "autopipe train: %s\n", err);
+        return AP_EXIT_USAGE;
+    }
+    for (size_t i = 0; i < sizeof rank_vars / sizeof *rank_vars; i++) {
+        const char *v = getenv(rank_vars[i]);
+        if (v && atoi(v) != 0) return AP_EXIT_OK;
+    }
+    if (ap_train_print_summary(stdout, cfg, &mc, err, sizeof err) < 0) {
+        fprintf(stderr, "autopipe train: %s\n", err);
+        return AP_EXIT_USAGE;
+    }
+    printf("dry run: stopping before building the model\n");
+    return AP_EXIT_OK;
+}
+
 int ap_train_main(const ap_config *cfg) {
     char err[1024];
     if (!ap_pipeline_wanted(cfg) &&
@@ -112,6 +159,7 @@ int ap_train_main(const ap_config *cfg) {
                 cfg->distributed.pp_size, cfg->distributed.dp_size, cfg->distributed.tp_size);
         return AP_EXIT_USAGE;
     }
+    ap_preempt_install(-1); /* a SIGTERM/SIGUSR1 from here on stops the run at a step boundary */
     int threads = pick_threads(cfg->runtime.num_threads);
     ap_kernels_set_threads(threads);
     ap_model_config mc;
@@ -141,6 +189,10 @@ int ap_train_main(const ap_config *cfg) {
     FILE *out = stdout;     /* under the pipeline only the log rank reports */
     ap_train_result res = {0};
     ap_loader loader = {0};
+    ap_train_ckpt ck;
+    memset(&ck, 0, sizeof ck);
+    ck.comm = MPI_COMM_NULL;
+    int own_mpi = 0, agreed = 0, world_rank = 0;
     int L = mc.num_hidden_layers;
     const char *pre = cfg->model.pretrained_model_name_or_path;
     size_t n_params;
@@ -154,13 +206,20 @@ int ap_train_main(const ap_config *cfg) {
         }
         n_params = ap_pipeline_param_count(pl);
     } else {
-        if (ap_llama_stage_create(&s, &mc, 0, L, 1, 1, mb, T, 1, cfg->model.activation_checkpointing, err,
-                                  sizeof err) < 0)
+        /* the debug summary (the pipeline's rank 0 prints it in ap_pipeline_create) */
+        const ap_model_family *fam = ap_model_family_for_config(cfg, err, sizeof err);
+        if (!fam || ap_train_print_summary(stdout, cfg, &mc, err, sizeof err) < 0) goto fail;
+        if (fam->stage_create(&s, &mc, 0, L, 1, 1, mb, T, 1, cfg->model.activation_checkpointing, err, sizeof err) < 0)
             goto fail;
+        if (pre && !fam->load_dir) {
+            snprintf(err, sizeof err, "model.pretrained_model_name_or_path: the %s model family loads no weights",
+                     fam->name);
+            goto fail;
+        }
         if (pre) {
-            if (ap_model_dir_load(s, pre, err, sizeof err) < 0) goto fail;
+            if (fam->load_dir(s, pre, err, sizeof err) < 0) goto fail;
         } else {
-            ap_llama_init_params(s, (uint64_t)cfg->rng.seed);
+            fam->init_params(s, (uint64_t)cfg->rng.seed);
         }
         n_params = s->n_params;
     }
@@ -170,7 +229,7 @@ int ap_train_main(const ap_config *cfg) {
     if (pl) ap_pipeline_set_opts(pl, &o);
     if (!o.is_log_rank && !(out = fopen("/dev/null", "w"))) out = stdout;
     fprintf(out, "model: %s, %d layers, hidden %d, vocab %d, %.2fM parameters (%s)\n",
-            ap_config_enum_name("model", "model_type", (int)mc.model_type), L, mc.hidden_size, mc.vocab_size,
+            model_name(cfg, &mc), L, mc.hidden_size, mc.vocab_size,
             (double)n_params / 1e6, pre ? pre : "random init");
     fprintf(out, "data: %s: %zu train samples, %zu validation samples of %d tokens\n", ap_dataset_path(tr),
             ap_dataset_len(tr), va ? ap_dataset_len(va) : (size_t)0, T);
@@ -181,25 +240,52 @@ int ap_train_main(const ap_config *cfg) {
     ap_step_engine e1, *e = &e1;
     if (pl) e = ap_pipeline_get_engine(pl);
     else ap_step_engine_single(&e1, &s);
+    /* checkpoints go through the MPI library: one process initialises MPI itself */
+    if (!pl && ap_train_ckpt_wanted(cfg)) {
+        int inited = 0;
+        MPI_Initialized(&inited);
+        if (!inited) {
+            if (ap_mpi_init(NULL, NULL, err, sizeof err) < 0) goto fail;
+            own_mpi = 1;
+        }
+    }
+    if (pl || own_mpi) {
+        int pp = 1, dp = 1, spr = 1, usage = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+        if (pl) ap_pipeline_topology(pl, &pp, &dp, &spr);
+        if (ap_train_ckpt_init(&ck, cfg, &mc, MPI_COMM_WORLD, pp, dp, o.dp_rank, spr, &usage, err, sizeof err) < 0) {
+            agreed = 1;
+            rv = usage ? AP_EXIT_USAGE : AP_EXIT_FAIL;
+            goto fail;
+        }
+    }
+    ap_preempt_install(world_rank);
+    ap_train_ckpt_install(&ck);
     double t0 = now_s();
     if (ap_train_loop(&o, e, &loader, va, cfg, &res, err, sizeof err) < 0) goto fail;
     fprintf(out, "done: %ld steps in %.1f s, loss %.4f -> %.4f", res.steps, now_s() - t0, res.first_loss,
             res.last_loss);
     if (!isnan(res.last_val_loss)) fprintf(out, ", val_loss %.4f", res.last_val_loss);
     fprintf(out, ", peak RSS %.0f MiB\n", ap_peak_rss_mib());
+    if (res.preempted)
+        fprintf(out, "stopped by a signal after step %ld with a checkpoint: exit status %d (requeue and resume)\n",
+                res.steps, AP_EXIT_REQUEUE);
     fflush(out);
-    rv = AP_EXIT_OK;
+    rv = res.preempted ? AP_EXIT_REQUEUE : AP_EXIT_OK;
 fail:
-    if (rv != AP_EXIT_OK) {
+    if (rv != AP_EXIT_OK && rv != AP_EXIT_REQUEUE && (!agreed || world_rank == 0)) {
         const char *why = s ? ap_llama_stage_error(s) : pl ? ap_pipeline_stage_error(pl) : "";
         fprintf(stderr, "autopipe train: %s%s%s\n", err, why && *why ? ": " : "", why ? why : "");
     }
+    ap_train_set_checkpoint_hooks(NULL);
+    ap_train_ckpt_free(&ck);
     if (out && out != stdout) fclose(out);
     ap_loader_free(&loader);
     ap_stage_destroy(s);
     /* a failure on one rank leaves its peers waiting in the schedule; a
-     * non-finite loss or norm is seen by every rank alike */
-    if (rv != AP_EXIT_OK && pl && !res.nonfinite) MPI_Abort(MPI_COMM_WORLD, rv);
+     * non-finite loss or norm, or a failure all ranks agreed on, is seen by every rank alike */
+    if (rv != AP_EXIT_OK && rv != AP_EXIT_REQUEUE && pl && !res.nonfinite && !agreed) MPI_Abort(MPI_COMM_WORLD, rv);
+    if (own_mpi) MPI_Finalize();
     ap_pipeline_destroy(pl);
     ap_dataset_free(tr);
     ap_dataset_free(va);
@@ -207,10 +293,11 @@ fail:
 }
 
 static void train_usage(FILE *f) {
-    fprintf(f, "usage: autopipe train [--config FILE] [--section.key VALUE]...\n\n"
+    fprintf(f, "usage: autopipe train [--config FILE] [--section.key VALUE]... [--dry-run]\n\n"
                "Trains a model on one process (pp_size = dp_size = 1). Without --config: the built-in tiny\n"
                "Llama on the built-in text. One log line per step; metrics to logging.metrics_file.\n"
-               "Exit status: 0 ok, 1 failure (including a NaN/Inf loss or gradient norm), 2 bad config.\n\n"
+               "Exit status: 0 ok, 1 failure (including a NaN/Inf loss or gradient norm), 2 bad config,\n"
+               "75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (requeue: checkpoint.resume auto goes on).\n\n"
                "Configuration keys:\n");
     ap_config_emit_help(f);
 }
@@ -222,7 +309,7 @@ static int read_pretrained(const char *dir, ap_model_config *mc, char *err, size
 }
 
 int ap_cmd_train(int argc, char **argv) {
-    static const ap_cli_flag flags[] = {{"help", 0}, {"h", 0}, {NULL, 0}};
+    static const ap_cli_flag flags[] = {{"help", 0}, {"h", 0}, {"dry-run", 0}, {NULL, 0}};
     ap_config_set_pretrained_reader(read_pretrained);
     char err[1024];
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -241,8 +328,16 @@ int ap_cmd_train(int argc, char **argv) {
         free(rest);
         return AP_EXIT_USAGE;
     }
-    int rv;
-    if (nrest > 1) {
+    int rv, dry = 0;
+    for (int i = 1; i < nrest; i++) /* --dry-run: print the debug summary and stop */
+        if (!strcmp(rest[i], "--dry-run")) {
+            dry = 1;
+            memmove(rest + i, rest + i + 1, sizeof *rest * (size_t)(nrest - i));
+            nrest--, i--;
+        }
+    if (dry && nrest <= 1) {
+        rv = train_dry_run(&cfg);
+    } else if (nrest > 1) {
         int help = !strcmp(rest[1], "--help") || !strcmp(rest[1], "-h");
         if (help) train_usage(stdout);
         else fprintf(stderr, "autopipe train: unexpected argument '%s' (see `autopipe train --help`)\n", rest[1]);

@@ -291,29 +291,37 @@ static inline size_t window_lo(size_t i, int window) {
     return (window > 0 && i + 1 > (size_t)window) ? i + 1 - (size_t)window : 0;
 }
 
+/* Causal products run over blocks of ATT_QB query rows: block [r0, r1)
+ * needs only keys [window_lo(r0), r1), which skips the masked upper
+ * triangle (and, with a sliding window, the far past). */
+#define ATT_QB 64
+
 /* One (batch, head): scores, masked softmax, P V. */
 static void attention_head_forward(float *y, float *a, const float *q, const float *k,
                                    const float *v, size_t T, size_t D, size_t S, size_t Q,
                                    int window, float scale) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, scale, q, (int)S, k,
-                (int)S, 0.0f, a, (int)T);
-    for (size_t i = 0; i < T; i++) {
-        size_t lo = window_lo(i, window);
-        float *row = a + i * T;
-        float mx = -INFINITY;
-        for (size_t j = lo; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0;
-        for (size_t j = lo; j <= i; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
+    for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
+        size_t r1 = r0 + ATT_QB < T ? r0 + ATT_QB : T, k0 = window_lo(r0, window);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)(r1 - k0), (int)D,
+                    scale, q + r0 * S, (int)S, k + k0 * S, (int)S, 0.0f, a + r0 * T + k0, (int)T);
+        for (size_t i = r0; i < r1; i++) {
+            size_t lo = window_lo(i, window);
+            float *row = a + i * T;
+            float mx = -INFINITY;
+            for (size_t j = lo; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0;
+            for (size_t j = lo; j <= i; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.0f / sum;
+            for (size_t j = 0; j < lo; j++) row[j] = 0;
+            for (size_t j = lo; j <= i; j++) row[j] *= inv;
+            for (size_t j = i + 1; j < T; j++) row[j] = 0;
         }
-        float inv = 1.0f / sum;
-        for (size_t j = 0; j < lo; j++) row[j] = 0;
-        for (size_t j = lo; j <= i; j++) row[j] *= inv;
-        for (size_t j = i + 1; j < T; j++) row[j] = 0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)D, (int)(r1 - k0),
+                    1.0f, a + r0 * T + k0, (int)T, v + k0 * S, (int)S, 0.0f, y + r0 * Q, (int)Q);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, a, (int)T, v,
-                (int)S, 0.0f, y, (int)Q);
 }
 
 void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size_t T, size_t NH,
@@ -332,7 +340,7 @@ void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size
 
 void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const float *qkv,
                            const float *att, size_t B, size_t T, size_t NH, size_t NKV, size_t D,
-                           float scale) {
+                           int window, float scale) {
     size_t S = (NH + 2 * NKV) * D, Q = NH * D, group = NH / NKV;
     /* one task per (batch, kv head): the query heads of a group add into the
      * same dk, dv, so they run in order inside one task */
@@ -353,25 +361,29 @@ void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const f
             float *dq = dqkv + b * T * S + h * D;
             const float *a = att + (b * NH + h) * T * T;
             const float *g = dy + b * T * Q + h * D;
-            /* dP = dY V^T;  dV += P^T dY */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, g,
-                        (int)Q, v, (int)S, 0.0f, ds, (int)T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, a,
-                        (int)T, g, (int)Q, 1.0f, dv, (int)S);
-            /* softmax backward: dS = P (dP - rowsum(P dP)) * scale */
-            for (size_t i = 0; i < T; i++) {
-                const float *p = a + i * T;
-                float *d = ds + i * T;
-                float dot = 0;
-                for (size_t j = 0; j <= i; j++) dot += p[j] * d[j];
-                for (size_t j = 0; j <= i; j++) d[j] = p[j] * (d[j] - dot) * scale;
-                for (size_t j = i + 1; j < T; j++) d[j] = 0;
+            for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
+                size_t r1 = r0 + ATT_QB < T ? r0 + ATT_QB : T, k0 = window_lo(r0, window);
+                int m = (int)(r1 - r0), nk = (int)(r1 - k0);
+                const float *p = a + r0 * T + k0;
+                float *d = ds + r0 * T + k0;
+                /* dP = dY V^T;  dV += P^T dY */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, (int)D, 1.0f, g + r0 * Q,
+                            (int)Q, v + k0 * S, (int)S, 0.0f, d, (int)T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, (int)D, m, 1.0f, p, (int)T,
+                            g + r0 * Q, (int)Q, 1.0f, dv + k0 * S, (int)S);
+                /* softmax backward: dS = P (dP - rowsum(P dP)) * scale (0 where P is) */
+                for (size_t i = 0; i < (size_t)m; i++) {
+                    const float *pi = p + i * T;
+                    float *di = d + i * T, dot = 0;
+                    for (size_t j = 0; j < (size_t)nk; j++) dot += pi[j] * di[j];
+                    for (size_t j = 0; j < (size_t)nk; j++) di[j] = pi[j] * (di[j] - dot) * scale;
+                }
+                /* dQ = dS K;  dK += dS^T Q */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)D, nk, 1.0f, d, (int)T,
+                            k + k0 * S, (int)S, 0.0f, dq + r0 * S, (int)S);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, (int)D, m, 1.0f, d, (int)T,
+                            q + r0 * S, (int)S, 1.0f, dk + k0 * S, (int)S);
             }
-            /* dQ = dS K;  dK += dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds,
-                        (int)T, k, (int)S, 0.0f, dq, (int)S);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds,
-                        (int)T, q, (int)S, 1.0f, dk, (int)S);
         }
     }
 }
@@ -423,35 +435,41 @@ void ap_glu_backward(float *dgu, const float *dh, const float *gu, size_t N, siz
 
 double ap_crossentropy_forward(float *probs, long *count, const float *logits,
                                const int32_t *labels, size_t N, size_t V) {
-    float *row_loss = malloc((N ? N : 1) * sizeof(float));
-    int fail = row_loss == NULL;
-#pragma omp parallel for if (N * V > PAR_MIN)
-    for (size_t n = 0; n < N; n++) {
-        const float *x = logits + n * V;
-        float *p = probs + n * V;
-        float mx = -INFINITY;
-        for (size_t i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
-        int32_t y = labels[n];
-        float xy = y >= 0 ? x[y] : 0; /* before p overwrites x when aliased */
-        float sum = 0;
-        for (size_t i = 0; i < V; i++) {
-            p[i] = expf(x[i] - mx);
-            sum += p[i];
-        }
-        float inv = 1.0f / sum;
-        for (size_t i = 0; i < V; i++) p[i] *= inv;
-        if (!fail) row_loss[n] = y >= 0 ? logf(sum) - (xy - mx) : 0.0f;
-    }
+    /* Rows in blocks with the per-row losses on the stack: no allocation, so a
+     * NaN result always means a non-finite loss; rows are summed in order, so
+     * the total does not depend on the thread count. */
+    enum { CE_BLOCK = 256 };
+    float row_loss[CE_BLOCK];
     double total = 0;
     long cnt = 0;
-    for (size_t n = 0; n < N; n++)
-        if (labels[n] != -100) {
-            cnt++;
-            if (!fail) total += row_loss[n];
+    for (size_t n0 = 0; n0 < N; n0 += CE_BLOCK) {
+        size_t nb = N - n0 < CE_BLOCK ? N - n0 : CE_BLOCK;
+#pragma omp parallel for if (nb * V > PAR_MIN)
+        for (size_t j = 0; j < nb; j++) {
+            size_t n = n0 + j;
+            const float *x = logits + n * V;
+            float *p = probs + n * V;
+            float mx = -INFINITY;
+            for (size_t i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
+            int32_t y = labels[n];
+            float xy = y >= 0 ? x[y] : 0; /* before p overwrites x when aliased */
+            float sum = 0;
+            for (size_t i = 0; i < V; i++) {
+                p[i] = expf(x[i] - mx);
+                sum += p[i];
+            }
+            float inv = 1.0f / sum;
+            for (size_t i = 0; i < V; i++) p[i] *= inv;
+            row_loss[j] = y >= 0 ? logf(sum) - (xy - mx) : 0.0f;
         }
-    free(row_loss);
+        for (size_t j = 0; j < nb; j++)
+            if (labels[n0 + j] != -100) {
+                cnt++;
+                total += row_loss[j];
+            }
+    }
     *count = cnt;
-    return fail ? NAN : total;
+    return total;
 }
 
 void ap_crossentropy_backward(float *dlogits, const float *probs, const int32_t *labels,

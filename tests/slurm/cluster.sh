@@ -3,6 +3,7 @@
 #     . "$top_srcdir/tests/slurm/cluster.sh"
 #     cluster_need || exit 0          # prints a TAP skip line when Slurm or the plugin is missing
 #     cluster_start 1 || exit 1       # 1 node (n1) or 2 nodes (n[1-2], one slurmd each)
+#                                     # (CLUSTER_CONF_EXTRA: more slurm.conf lines)
 #     srun -n 4 ...                   # SLURM_CONF is exported; the plugin is in plugstack.conf
 #
 # Everything (munge key/socket, slurm.conf, state, spool, logs) lives in one
@@ -67,6 +68,11 @@ cluster_start() {
   ctld_port=$(cluster_free_port); 
   {
     echo "ClusterName=aptest"
+    # Distinct job ids per cluster: Open MPI names its shared-memory segments
+    # after the PMIx namespace (slurm.pmix.JOB.STEP); two clusters on one
+    # machine (tests run in parallel, other users' tests) both at job 1 made
+    # their ranks attach to each other's segments and segfault.
+    echo "FirstJobId=$(( 1000 + $(od -An -N4 -tu4 /dev/urandom) % 60000000 ))"
     echo "SlurmctldHost=localhost(127.0.0.1)"
     echo "SlurmctldPort=$ctld_port"
     echo "AuthType=auth/munge"
@@ -104,6 +110,8 @@ cluster_start() {
       i=$((i + 1))
     done
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
+    # A test's own lines (e.g. SchedulerParameters), one per line.
+    [ -n "${CLUSTER_CONF_EXTRA:-}" ] && printf '%s\n' "$CLUSTER_CONF_EXTRA"
   } > "$SLURM_CONF"
   echo "required $plugin${*:+ $*}" > "$d/plugstack.conf"
 
