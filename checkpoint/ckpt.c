@@ -32,14 +32,6 @@
 #define CHUNK_BYTES (4u << 20) /* HDF5 chunk target: fletcher32 works per chunk */
 #define MANIFEST_MAX (1u << 30)
 
-void ap_ckpt_seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-#define seterr ap_ckpt_seterr
 
 /* ---- HDF5 errors: silence the default printer, keep the innermost message ---- */
 static herr_t h5_walk(unsigned n, const H5E_error2_t *e, void *data) {
@@ -98,14 +90,14 @@ void ap_ckpt_stage_file_name(char *buf, size_t n, int stage_id, int tp_rank, int
 static int fsync_path(const char *path, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        seterr(err, errlen, "%s: cannot open to fsync: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot open to fsync: %s", path, strerror(errno));
         return -1;
     }
     int rc = fsync(fd);
     int e = errno;
     close(fd);
     if (rc != 0) {
-        seterr(err, errlen, "%s: fsync failed: %s", path, strerror(e));
+        ap_errf(err, errlen, "%s: fsync failed: %s", path, strerror(e));
         return -1;
     }
     return 0;
@@ -119,7 +111,7 @@ static int write_file_atomic(const char *dir, const char *name, const char *text
     snprintf(dst, sizeof dst, "%s/%s", dir, name);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         return -1;
     }
     size_t off = 0;
@@ -127,18 +119,18 @@ static int write_file_atomic(const char *dir, const char *name, const char *text
         ssize_t w = write(fd, text + off, len - off);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
-            seterr(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
+            ap_errf(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
             close(fd);
             return -1;
         }
         off += (size_t)w;
     }
     if (fsync(fd) != 0 || close(fd) != 0) {
-        seterr(err, errlen, "%s: fsync/close failed: %s", tmp, strerror(errno));
+        ap_errf(err, errlen, "%s: fsync/close failed: %s", tmp, strerror(errno));
         return -1;
     }
     if (rename(tmp, dst) != 0) {
-        seterr(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(errno));
+        ap_errf(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(errno));
         return -1;
     }
     return fsync_path(dir, err, errlen);
@@ -354,24 +346,24 @@ static int write_array(hid_t grp, const char *name, const ap_ckpt_tensor *t, con
 
 static int check_tensor(const ap_ckpt_tensor *t, char *err, size_t errlen) {
     if (!t->name || !t->name[0] || strlen(t->name) > 255 || strchr(t->name, '/') || !strcmp(t->name, ".")) {
-        seterr(err, errlen, "tensor name '%s' is not a valid FQN (1..255 chars, no '/')", t->name ? t->name : "(null)");
+        ap_errf(err, errlen, "tensor name '%s' is not a valid FQN (1..255 chars, no '/')", t->name ? t->name : "(null)");
         return -1;
     }
     if (t->ndim < 1 || t->ndim > 4) {
-        seterr(err, errlen, "tensor %s: ndim %d, expected 1..4", t->name, t->ndim);
+        ap_errf(err, errlen, "tensor %s: ndim %d, expected 1..4", t->name, t->ndim);
         return -1;
     }
     for (int i = 0; i < t->ndim; i++)
         if (t->shape[i] == 0) {
-            seterr(err, errlen, "tensor %s: dimension %d is 0", t->name, i);
+            ap_errf(err, errlen, "tensor %s: dimension %d is 0", t->name, i);
             return -1;
         }
     if (!t->param) {
-        seterr(err, errlen, "tensor %s: param is NULL", t->name);
+        ap_errf(err, errlen, "tensor %s: param is NULL", t->name);
         return -1;
     }
     if (!t->exp_avg != !t->exp_avg_sq) {
-        seterr(err, errlen, "tensor %s: give both AdamW moments or neither", t->name);
+        ap_errf(err, errlen, "tensor %s: give both AdamW moments or neither", t->name);
         return -1;
     }
     return 0;
@@ -412,7 +404,7 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
     if (f < 0) ap_ckpt_h5capture();
     H5Pclose(fapl);
     if (f < 0) {
-        seterr(err, errlen, "%s: cannot create HDF5 file: %s (on Lustre/NFS try HDF5_USE_FILE_LOCKING=FALSE)", tmp,
+        ap_errf(err, errlen, "%s: cannot create HDF5 file: %s (on Lustre/NFS try HDF5_USE_FILE_LOCKING=FALSE)", tmp,
                ap_ckpt_h5err());
         cJSON_Delete(je);
         cJSON_Delete(jt);
@@ -441,7 +433,7 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
         hid_t g = H5Gcreate2(tg, t->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         if (g < 0) ap_ckpt_h5capture();
         if (g < 0) {
-            seterr(err, errlen, "%s: tensor %s: cannot create group (given twice?): %s", tmp, t->name, ap_ckpt_h5err());
+            ap_errf(err, errlen, "%s: tensor %s: cannot create group (given twice?): %s", tmp, t->name, ap_ckpt_h5err());
             bad = 2;
             break;
         }
@@ -451,7 +443,7 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
         if (!rc && t->exp_avg_sq) rc = write_array(g, "exp_avg_sq", t, t->exp_avg_sq, &crcs[2]);
         H5Gclose(g);
         if (rc) {
-            seterr(err, errlen, "%s: writing tensor %s failed: %s", tmp, t->name, ap_ckpt_h5err());
+            ap_errf(err, errlen, "%s: writing tensor %s failed: %s", tmp, t->name, ap_ckpt_h5err());
             bad = 2;
             break;
         }
@@ -466,20 +458,20 @@ static cJSON *write_stage(const char *stepdir, const ap_ckpt_state *st, const ap
         if (o && o->progress) o->progress(o->progress_ctx, AP_CKPT_PHASE_TENSOR, t->name);
     }
     if (tg >= 0) H5Gclose(tg);
-    if (bad == 1) seterr(err, errlen, "%s: writing metadata failed: %s", tmp, ap_ckpt_h5err());
+    if (bad == 1) ap_errf(err, errlen, "%s: writing metadata failed: %s", tmp, ap_ckpt_h5err());
     /* Flush before close: a file cut short before close cannot be opened. */
     if (!bad && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) {
-        seterr(err, errlen, "%s: H5Fflush failed: %s", tmp, ap_ckpt_h5err());
+        ap_errf(err, errlen, "%s: H5Fflush failed: %s", tmp, ap_ckpt_h5err());
         bad = 1;
     }
     if (H5Fclose(f) < 0 && !bad) {
-        seterr(err, errlen, "%s: H5Fclose failed: %s", tmp, ap_ckpt_h5err());
+        ap_errf(err, errlen, "%s: H5Fclose failed: %s", tmp, ap_ckpt_h5err());
         bad = 1;
     }
     struct stat sb;
     if (!bad && (fsync_path(tmp, err, errlen) || stat(tmp, &sb) != 0)) bad = 1;
     if (!bad && rename(tmp, dst) != 0) {
-        seterr(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(errno));
+        ap_errf(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(errno));
         bad = 1;
     }
     if (bad) {
@@ -505,7 +497,7 @@ static int agree(MPI_Comm comm, int rc, char *err, size_t errlen) {
     char msg[1024] = {0};
     if (rank == who && err) snprintf(msg, sizeof msg, "%s", err);
     MPI_Bcast(msg, sizeof msg, MPI_CHAR, who, comm);
-    if (size > 1) seterr(err, errlen, "rank %d: %s", who, msg);
+    if (size > 1) ap_errf(err, errlen, "rank %d: %s", who, msg);
     return -1;
 }
 
@@ -576,7 +568,7 @@ static char *build_manifest(const ap_ckpt_state *st, cJSON **frags, int nfrag, c
     char *out = NULL;
     int nstages = st->pp * st->stages_per_rank, ntp = st->tp > 0 ? st->tp : 1;
     if (nf != nstages * ntp) {
-        seterr(err, errlen, "%d stage files written, topology pp=%d x stages_per_rank=%d x tp=%d needs %d", nf, st->pp,
+        ap_errf(err, errlen, "%d stage files written, topology pp=%d x stages_per_rank=%d x tp=%d needs %d", nf, st->pp,
                st->stages_per_rank, ntp, nstages * ntp);
         goto done;
     }
@@ -584,7 +576,7 @@ static char *build_manifest(const ap_ckpt_state *st, cJSON **frags, int nfrag, c
     for (int i = 0; i < nf; i++) {
         int s = cJSON_GetObjectItem(fe[i], "stage")->valueint, t = cJSON_GetObjectItem(fe[i], "tp_rank")->valueint;
         if (s != i / ntp || t != i % ntp) {
-            seterr(err, errlen, "stage %d tp %d missing or written twice (found %s)", i / ntp, i % ntp,
+            ap_errf(err, errlen, "stage %d tp %d missing or written twice (found %s)", i / ntp, i % ntp,
                    cJSON_GetObjectItem(fe[i], "name")->valuestring);
             goto done;
         }
@@ -600,7 +592,7 @@ static char *build_manifest(const ap_ckpt_state *st, cJSON **frags, int nfrag, c
         qsort(names, nt, sizeof *names, cmp_str);
         for (size_t i = 1; i < nt; i++)
             if (!strcmp(names[i], names[i - 1])) {
-                seterr(err, errlen, "tensor %s is written by two stages", names[i]);
+                ap_errf(err, errlen, "tensor %s is written by two stages", names[i]);
                 free(names);
                 goto done;
             }
@@ -638,14 +630,14 @@ static int mkdir_parents(const char *dir) {
  * already committed. */
 static int prepare_dir(const char *cdir, int64_t step, char *stepdir, size_t sdlen, char *err, size_t errlen) {
     if (mkdir_parents(cdir) != 0) {
-        seterr(err, errlen, "%s: cannot create checkpoint directory: %s", cdir, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot create checkpoint directory: %s", cdir, strerror(errno));
         return -1;
     }
     snprintf(stepdir, sdlen, "%s/step_%08" PRId64, cdir, step);
     if (ap_ckpt_is_committed(stepdir)) return 1;
     DIR *d = opendir(cdir);
     if (!d) {
-        seterr(err, errlen, "%s: cannot list: %s", cdir, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot list: %s", cdir, strerror(errno));
         return -1;
     }
     struct dirent *de;
@@ -657,7 +649,7 @@ static int prepare_dir(const char *cdir, int64_t step, char *stepdir, size_t sdl
     }
     closedir(d);
     if (mkdir(stepdir, 0755) != 0) {
-        seterr(err, errlen, "%s: cannot create: %s", stepdir, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot create: %s", stepdir, strerror(errno));
         return -1;
     }
     return fsync_path(cdir, err, errlen);
@@ -700,7 +692,7 @@ static int repoint_latest(const char *cdir, int64_t step, char *err, size_t errl
     snprintf(target, sizeof target, "step_%08" PRId64, step);
     unlink(tmp);
     if (symlink(target, tmp) != 0 || rename(tmp, dst) != 0) {
-        seterr(err, errlen, "%s: cannot repoint to %s: %s", dst, target, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot repoint to %s: %s", dst, target, strerror(errno));
         return -1;
     }
     return fsync_path(cdir, err, errlen);
@@ -716,11 +708,11 @@ int ap_ckpt_save(const char *cdir, const ap_ckpt_state *st, const ap_ckpt_stage 
     snprintf(stepdir, sizeof stepdir, "%s/step_%08" PRId64, cdir, st->step);
     int rc = 0;
     if (strlen(cdir) > PATH_MAX - 256) {
-        seterr(err, errlen, "checkpoint_dir is longer than %d characters", PATH_MAX - 256);
+        ap_errf(err, errlen, "checkpoint_dir is longer than %d characters", PATH_MAX - 256);
         rc = -1;
     } else if (st->step < 0 || st->step > 99999999 || st->pp < 1 || st->dp < 1 || st->tp < 1 || st->stages_per_rank < 1 ||
         st->n_data_pos < 0 || st->n_data_pos > AP_CKPT_MAX_DATA_POS) {
-        seterr(err, errlen, "checkpoint state: step %" PRId64 " (0..99999999), pp %d, dp %d, tp %d, stages_per_rank %d"
+        ap_errf(err, errlen, "checkpoint state: step %" PRId64 " (0..99999999), pp %d, dp %d, tp %d, stages_per_rank %d"
                " (>= 1) or n_data_pos %d (0..%d) out of range", st->step, st->pp, st->dp, st->tp, st->stages_per_rank,
                st->n_data_pos, AP_CKPT_MAX_DATA_POS);
         rc = -1;

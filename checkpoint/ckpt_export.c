@@ -19,20 +19,19 @@
 
 #pragma GCC diagnostic ignored "-Wformat-truncation" /* OUT is checked < PATH_MAX - 256 */
 
-#define seterr ap_ckpt_seterr
 
 static int write_all(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, f) == n ? 0 : -1; }
 
 static int finish(FILE *f, const char *tmp, const char *dst, char *err, size_t errlen) {
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        seterr(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
+        ap_errf(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
         fclose(f);
         unlink(tmp);
         return -1;
     }
     fclose(f);
     if (rename(tmp, dst) != 0) {
-        seterr(err, errlen, "%s: rename to %s failed: %s", tmp, dst, strerror(errno));
+        ap_errf(err, errlen, "%s: rename to %s failed: %s", tmp, dst, strerror(errno));
         unlink(tmp);
         return -1;
     }
@@ -44,7 +43,7 @@ static int write_text(const char *path, const char *text, char *err, size_t errl
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f || write_all(f, text, strlen(text))) {
-        seterr(err, errlen, "%s: cannot write: %s", tmp, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot write: %s", tmp, strerror(errno));
         if (f) fclose(f);
         return -1;
     }
@@ -54,12 +53,12 @@ static int write_text(const char *path, const char *text, char *err, size_t errl
 int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, int bf16, cJSON *report, char *err,
                    size_t errlen) {
     if (strlen(out) > PATH_MAX - 256) {
-        seterr(err, errlen, "export directory name is too long");
+        ap_errf(err, errlen, "export directory name is too long");
         return -1;
     }
     const cJSON *cj = cJSON_GetObjectItemCaseSensitive(ap_ckpt_manifest(ck), "config_json");
     if (!cJSON_IsString(cj) || !cj->valuestring[0]) {
-        seterr(err, errlen, "%s: the checkpoint records no config.json; cannot make a Hugging Face directory", ap_ckpt_dir(ck));
+        ap_errf(err, errlen, "%s: the checkpoint records no config.json; cannot make a Hugging Face directory", ap_ckpt_dir(ck));
         return -1;
     }
     /* every parameter in memory (moments stay behind), in manifest order:
@@ -70,7 +69,7 @@ int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, int bf16, c
     float *all = malloc((total ? total : 1) * sizeof *all);
     ap_st_out *t = calloc(ne > 0 ? (size_t)ne : 1, sizeof *t);
     if (!all || !t) {
-        seterr(err, errlen, "out of memory holding %zu parameters for export", total);
+        ap_errf(err, errlen, "out of memory holding %zu parameters for export", total);
         free(all);
         free(t);
         return -1;
@@ -87,7 +86,7 @@ int ap_ckpt_export(ap_ckpt *ck, const char *out, uint64_t max_shard, int bf16, c
         off += e->numel;
     }
     if (!rc && mkdir(out, 0755) != 0 && errno != EEXIST) {
-        seterr(err, errlen, "%s: cannot create: %s", out, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot create: %s", out, strerror(errno));
         rc = -1;
     }
     char p[PATH_MAX];

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-void ap_ckpt_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#include "common/error.h"
 const char *ap_ckpt_h5err(void);   /* innermost message of the HDF5 error stack; clears it */
 void ap_ckpt_h5capture(void);     /* keep the current HDF5 error for ap_ckpt_h5err */
 void ap_ckpt_h5init(void);         /* silence HDF5's own error printing */

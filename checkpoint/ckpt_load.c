@@ -22,7 +22,6 @@
  * below fit; gcc cannot see that. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
-#define seterr ap_ckpt_seterr
 #define MANIFEST_MAX (256u << 20)
 
 static hid_t file_handle(ap_ckpt *ck, int fi, char *err, size_t errlen);
@@ -61,7 +60,7 @@ int ap_ckpt_find_latest(const char *cdir, char *out, size_t outlen, char *err, s
     /* no usable `latest`: the newest committed step directory */
     DIR *d = opendir(cdir);
     if (!d) {
-        seterr(err, errlen, "%s: cannot list: %s", cdir, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot list: %s", cdir, strerror(errno));
         return -1;
     }
     int best = -1;
@@ -83,15 +82,15 @@ static int resolve(const char *path, char *out, size_t n, char *err, size_t errl
     struct stat sb;
     char rp[PATH_MAX], p[PATH_MAX];
     if (strlen(path) > PATH_MAX - 256) {
-        seterr(err, errlen, "checkpoint path is longer than %d characters", PATH_MAX - 256);
+        ap_errf(err, errlen, "checkpoint path is longer than %d characters", PATH_MAX - 256);
         return -1;
     }
     if (stat(path, &sb) != 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (!S_ISDIR(sb.st_mode)) {
-        seterr(err, errlen, "%s: not a directory (give a checkpoint step directory, checkpoint_dir/latest or checkpoint_dir)", path);
+        ap_errf(err, errlen, "%s: not a directory (give a checkpoint step directory, checkpoint_dir/latest or checkpoint_dir)", path);
         return -1;
     }
     if (!realpath(path, rp)) snprintf(rp, sizeof rp, "%s", path);
@@ -103,7 +102,7 @@ static int resolve(const char *path, char *out, size_t n, char *err, size_t errl
     char base[PATH_MAX];
     snprintf(base, sizeof base, "%s", rp);
     if (stat(p, &sb) == 0 || ap_ckpt_parse_step_name(basename(base)) >= 0) {
-        seterr(err, errlen, "%s: uncommitted checkpoint: no COMMITTED marker (an interrupted save; never loaded, the next save removes it)", path);
+        ap_errf(err, errlen, "%s: uncommitted checkpoint: no COMMITTED marker (an interrupted save; never loaded, the next save removes it)", path);
         return -1;
     }
     int f = ap_ckpt_find_latest(rp, out, n, err, errlen);
@@ -117,10 +116,10 @@ static int resolve(const char *path, char *out, size_t n, char *err, size_t errl
             if (ap_ckpt_parse_step_name(de->d_name) >= 0) snprintf(unc, sizeof unc, "%s", de->d_name);
         if (d) closedir(d);
         if (unc[0])
-            seterr(err, errlen, "%s: no committed checkpoint: only uncommitted step directories such as %s (interrupted saves)",
+            ap_errf(err, errlen, "%s: no committed checkpoint: only uncommitted step directories such as %s (interrupted saves)",
                    path, unc);
         else
-            seterr(err, errlen, "%s: not an autopipe checkpoint: no COMMITTED marker, manifest.json, `latest` link or committed step_* directory", path);
+            ap_errf(err, errlen, "%s: not an autopipe checkpoint: no COMMITTED marker, manifest.json, `latest` link or committed step_* directory", path);
         return -1;
     }
     return 0;
@@ -129,7 +128,7 @@ static int resolve(const char *path, char *out, size_t n, char *err, size_t errl
 static int jnum(const cJSON *o, const char *key, double lo, double hi, double *v, const char *where, char *err, size_t errlen) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!cJSON_IsNumber(it) || it->valuedouble < lo || it->valuedouble > hi || it->valuedouble != (double)(int64_t)it->valuedouble) {
-        seterr(err, errlen, "%s: key \"%s\" missing or not an integer in [%.0f, %.0f]", where, key, lo, hi);
+        ap_errf(err, errlen, "%s: key \"%s\" missing or not an integer in [%.0f, %.0f]", where, key, lo, hi);
         return -1;
     }
     *v = it->valuedouble;
@@ -144,14 +143,14 @@ static int cmp_entry_name(const void *a, const void *b, void *ctx) {
 static char *read_text(const char *path, size_t max, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
     if (sz < 0 || (size_t)sz > max) {
-        seterr(err, errlen, "%s: size %ld out of range (at most %zu bytes)", path, sz, max);
+        ap_errf(err, errlen, "%s: size %ld out of range (at most %zu bytes)", path, sz, max);
         fclose(f);
         return NULL;
     }
@@ -171,12 +170,12 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
     ck->man = cJSON_Parse(txt);
     free(txt);
     if (!ck->man) {
-        seterr(err, errlen, "%s: not valid JSON (near \"%.20s\")", mp, cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+        ap_errf(err, errlen, "%s: not valid JSON (near \"%.20s\")", mp, cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
         return -1;
     }
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(ck->man, "format");
     if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "autopipe-checkpoint") != 0) {
-        seterr(err, errlen, "%s: \"format\" is not \"autopipe-checkpoint\"", mp);
+        ap_errf(err, errlen, "%s: \"format\" is not \"autopipe-checkpoint\"", mp);
         return -1;
     }
     double v;
@@ -185,7 +184,7 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
     ck->step = (int64_t)v;
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(ck->man, "files");
     if (!cJSON_IsArray(files) || cJSON_GetArraySize(files) < 1 || cJSON_GetArraySize(files) > 100000) {
-        seterr(err, errlen, "%s: \"files\" missing or not a non-empty array", mp);
+        ap_errf(err, errlen, "%s: \"files\" missing or not a non-empty array", mp);
         return -1;
     }
     ck->nfiles = cJSON_GetArraySize(files);
@@ -202,11 +201,11 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
         const cJSON *ts = cJSON_GetObjectItemCaseSensitive(fe, "tensors");
         if (!cJSON_IsString(nm) || !nm->valuestring[0] || strchr(nm->valuestring, '/') || nm->valuestring[0] == '.' ||
             strlen(nm->valuestring) > 64) {
-            seterr(err, errlen, "%s: \"name\" missing or not a plain file name", where);
+            ap_errf(err, errlen, "%s: \"name\" missing or not a plain file name", where);
             return -1;
         }
         if (!cJSON_IsArray(ts)) {
-            seterr(err, errlen, "%s (%s): \"tensors\" missing or not an array", where, nm->valuestring);
+            ap_errf(err, errlen, "%s (%s): \"tensors\" missing or not an array", where, nm->valuestring);
             return -1;
         }
         ap_ckpt_file *f = &ck->files[i];
@@ -226,7 +225,7 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
         i++;
     }
     if (nt > 10000000) {
-        seterr(err, errlen, "%s: %zu tensors is more than supported", mp, nt);
+        ap_errf(err, errlen, "%s: %zu tensors is more than supported", mp, nt);
         return -1;
     }
     ck->ents = calloc(nt ? nt : 1, sizeof *ck->ents);
@@ -242,16 +241,16 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
             const cJSON *dt = cJSON_GetObjectItemCaseSensitive(te, "dtype");
             const cJSON *crc = cJSON_GetObjectItemCaseSensitive(te, "crc32");
             if (!cJSON_IsString(nm) || !nm->valuestring[0] || strlen(nm->valuestring) > 255 || strchr(nm->valuestring, '/')) {
-                seterr(err, errlen, "%s: \"name\" missing or not a valid FQN", where);
+                ap_errf(err, errlen, "%s: \"name\" missing or not a valid FQN", where);
                 return -1;
             }
             e->name = nm->valuestring;
             if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "float32") != 0) {
-                seterr(err, errlen, "%s (%s): dtype must be \"float32\"", where, e->name);
+                ap_errf(err, errlen, "%s (%s): dtype must be \"float32\"", where, e->name);
                 return -1;
             }
             if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) < 1 || cJSON_GetArraySize(sh) > 4) {
-                seterr(err, errlen, "%s (%s): \"shape\" must be an array of 1..4 sizes", where, e->name);
+                ap_errf(err, errlen, "%s (%s): \"shape\" must be an array of 1..4 sizes", where, e->name);
                 return -1;
             }
             e->ndim = cJSON_GetArraySize(sh);
@@ -259,26 +258,26 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
             for (int k = 0; k < e->ndim; k++) {
                 const cJSON *d = cJSON_GetArrayItem(sh, k);
                 if (!cJSON_IsNumber(d) || d->valuedouble < 1 || d->valuedouble > 1e12 || d->valuedouble != (double)(int64_t)d->valuedouble) {
-                    seterr(err, errlen, "%s (%s): shape[%d] is not a positive integer", where, e->name, k);
+                    ap_errf(err, errlen, "%s (%s): shape[%d] is not a positive integer", where, e->name, k);
                     return -1;
                 }
                 e->shape[k] = (size_t)d->valuedouble;
                 numel *= d->valuedouble;
             }
             if (numel > 1e12) {
-                seterr(err, errlen, "%s (%s): %g elements is too many", where, e->name, numel);
+                ap_errf(err, errlen, "%s (%s): %g elements is too many", where, e->name, numel);
                 return -1;
             }
             e->numel = (size_t)numel;
             int nc = cJSON_IsArray(crc) ? cJSON_GetArraySize(crc) : -1;
             if (nc != 1 && nc != 3) {
-                seterr(err, errlen, "%s (%s): \"crc32\" must hold 1 (param) or 3 (param, exp_avg, exp_avg_sq) checksums", where, e->name);
+                ap_errf(err, errlen, "%s (%s): \"crc32\" must hold 1 (param) or 3 (param, exp_avg, exp_avg_sq) checksums", where, e->name);
                 return -1;
             }
             for (int k = 0; k < nc; k++) {
                 const cJSON *c = cJSON_GetArrayItem(crc, k);
                 if (!cJSON_IsNumber(c) || c->valuedouble < 0 || c->valuedouble > 4294967295.0) {
-                    seterr(err, errlen, "%s (%s): crc32[%d] is not a 32-bit checksum", where, e->name, k);
+                    ap_errf(err, errlen, "%s (%s): crc32[%d] is not a 32-bit checksum", where, e->name, k);
                     return -1;
                 }
                 e->crc[k] = (uint32_t)c->valuedouble;
@@ -288,7 +287,7 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
             /* the arrays are stored uncompressed: they cannot exceed their file
              * (this also bounds every buffer a reader allocates from the manifest) */
             if (numel * 4 * nc > (double)ck->files[i].size) {
-                seterr(err, errlen, "%s (%s): %.0f bytes of data, more than %s's %" PRIu64 " bytes", where, e->name,
+                ap_errf(err, errlen, "%s (%s): %.0f bytes of data, more than %s's %" PRIu64 " bytes", where, e->name,
                        numel * 4 * nc, ck->files[i].name, ck->files[i].size);
                 return -1;
             }
@@ -302,7 +301,7 @@ static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
     for (int k = 1; k < ck->nents; k++) {
         const ap_ckpt_entry *a = &ck->ents[ck->order[k - 1]], *b = &ck->ents[ck->order[k]];
         if (!strcmp(a->name, b->name)) {
-            seterr(err, errlen, "%s: tensor %s listed twice (in %s and %s)", mp, a->name, ck->files[a->file].name,
+            ap_errf(err, errlen, "%s: tensor %s listed twice (in %s and %s)", mp, a->name, ck->files[a->file].name,
                    ck->files[b->file].name);
             return -1;
         }
@@ -327,12 +326,12 @@ int ap_ckpt_open_ex(const char *path, int check_files, ap_ckpt **out, char *err,
         struct stat sb;
         snprintf(p, sizeof p, "%s/%s", ck->dir, ck->files[i].name);
         if (stat(p, &sb) != 0) {
-            seterr(err, errlen, "%s: missing stage file (listed in manifest.json): %s", p, strerror(errno));
+            ap_errf(err, errlen, "%s: missing stage file (listed in manifest.json): %s", p, strerror(errno));
             ap_ckpt_close(ck);
             return -1;
         }
         if ((uint64_t)sb.st_size != ck->files[i].size) {
-            seterr(err, errlen, "%s: %lld bytes, manifest.json says %" PRIu64 " (truncated or replaced)", p,
+            ap_errf(err, errlen, "%s: %lld bytes, manifest.json says %" PRIu64 " (truncated or replaced)", p,
                    (long long)sb.st_size, ck->files[i].size);
             ap_ckpt_close(ck);
             return -1;
@@ -380,7 +379,7 @@ static hid_t file_handle(ap_ckpt *ck, int fi, char *err, size_t errlen) {
     snprintf(p, sizeof p, "%s/%s", ck->dir, ck->files[fi].name);
     hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
-        seterr(err, errlen, "%s: cannot open as HDF5: %s (damaged? on Lustre/NFS try HDF5_USE_FILE_LOCKING=FALSE)", p,
+        ap_errf(err, errlen, "%s: cannot open as HDF5: %s (damaged? on Lustre/NFS try HDF5_USE_FILE_LOCKING=FALSE)", p,
                ap_ckpt_h5err());
         return -1;
     }
@@ -388,7 +387,7 @@ static hid_t file_handle(ap_ckpt *ck, int fi, char *err, size_t errlen) {
     int64_t step = -1;
     hid_t a = H5Aexists(f, "step") > 0 ? H5Aopen(f, "step", H5P_DEFAULT) : -1;
     if (a < 0 || H5Aread(a, H5T_NATIVE_INT64, &step) < 0 || step != ck->step) {
-        seterr(err, errlen, "%s: step attribute %" PRId64 ", manifest.json says step %" PRId64 " (file from another checkpoint?)",
+        ap_errf(err, errlen, "%s: step attribute %" PRId64 ", manifest.json says step %" PRId64 " (file from another checkpoint?)",
                p, step, ck->step);
         if (a >= 0) H5Aclose(a);
         H5Fclose(f);
@@ -452,13 +451,13 @@ static int read_direct(hid_t d, const ap_ckpt_entry *e, float *out, uint32_t *cr
         if (H5Dget_chunk_storage_size(d, off, &sz) < 0 || sz != cb + 4 || H5Dread_chunk(d, H5P_DEFAULT, off, &mask, b) < 0 ||
             mask != 0) {
             ap_ckpt_h5capture();
-            seterr(err, errlen, "%s/%s: reading %s failed at row %zu: chunk of %llu bytes, expected %zu (%s)", dir, fname,
+            ap_errf(err, errlen, "%s/%s: reading %s failed at row %zu: chunk of %llu bytes, expected %zu (%s)", dir, fname,
                    path, r0, (unsigned long long)sz, cb + 4, ap_ckpt_h5err());
             return -1;
         }
         uint32_t stored = (uint32_t)b[cb] | (uint32_t)b[cb + 1] << 8 | (uint32_t)b[cb + 2] << 16 | (uint32_t)b[cb + 3] << 24;
         if (ap_ckpt_fletcher32(b, cb) != stored) {
-            seterr(err, errlen, "%s/%s: reading %s failed: data error detected by Fletcher32 checksum (chunk at row %zu)",
+            ap_errf(err, errlen, "%s/%s: reading %s failed: data error detected by Fletcher32 checksum (chunk at row %zu)",
                    dir, fname, path, r0);
             return -1;
         }
@@ -484,7 +483,7 @@ static int read_array(ap_ckpt *ck, const ap_ckpt_entry *e, int kind, float *buf,
     hid_t d = H5Lexists(f, "/tensors", H5P_DEFAULT) > 0 && H5Lexists(f, path, H5P_DEFAULT) > 0 ? H5Dopen2(f, path, H5P_DEFAULT) : -1;
     if (d < 0) {
         H5Eclear2(H5E_DEFAULT);
-        seterr(err, errlen, "%s/%s: no dataset %s (manifest.json disagrees with the file)", ck->dir, fname, path);
+        ap_errf(err, errlen, "%s/%s: no dataset %s (manifest.json disagrees with the file)", ck->dir, fname, path);
         return -1;
     }
     hid_t sp = H5Dget_space(d), ty = H5Dget_type(d);
@@ -498,7 +497,7 @@ static int read_array(ap_ckpt *ck, const ap_ckpt_entry *e, int kind, float *buf,
     if (!same) {
         char s[96];
         fmt_shape(s, sizeof s, e->ndim, e->shape);
-        seterr(err, errlen, "%s/%s: %s is not float32 of shape %s as manifest.json says", ck->dir, fname, path, s);
+        ap_errf(err, errlen, "%s/%s: %s is not float32 of shape %s as manifest.json says", ck->dir, fname, path, s);
         H5Dclose(d);
         return -1;
     }
@@ -508,14 +507,14 @@ static int read_array(ap_ckpt *ck, const ap_ckpt_entry *e, int kind, float *buf,
         rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0 ? -1 : 0;
         if (rc < 0) {
             ap_ckpt_h5capture();
-            seterr(err, errlen, "%s/%s: reading %s failed: %s", ck->dir, fname, path, ap_ckpt_h5err());
+            ap_errf(err, errlen, "%s/%s: reading %s failed: %s", ck->dir, fname, path, ap_ckpt_h5err());
         }
         c = ap_ckpt_crc32(buf, e->numel * 4);
     }
     H5Dclose(d);
     if (rc < 0) return -1;
     if (c != e->crc[kind]) {
-        seterr(err, errlen, "%s/%s: %s checksum crc32 %08x, manifest.json says %08x (damaged or replaced)", ck->dir, fname,
+        ap_errf(err, errlen, "%s/%s: %s checksum crc32 %08x, manifest.json says %08x (damaged or replaced)", ck->dir, fname,
                path, c, e->crc[kind]);
         return -1;
     }
@@ -528,7 +527,7 @@ int ap_ckpt_read_entry(ap_ckpt *ck, const ap_ckpt_entry *e, float *param, float 
     for (int k = 0; k < 3; k++) {
         if (!bufs[k]) continue;
         if (k > 0 && !e->has_moments) {
-            seterr(err, errlen, "%s/%s: tensor %s was saved without AdamW moments", ck->dir, ck->files[e->file].name, e->name);
+            ap_errf(err, errlen, "%s/%s: tensor %s was saved without AdamW moments", ck->dir, ck->files[e->file].name, e->name);
             return -1;
         }
         if (read_array(ck, e, k, bufs[k], err, errlen)) return -1;
@@ -540,7 +539,7 @@ int ap_ckpt_load_tensors(ap_ckpt *ck, ap_ckpt_tensor *t, int n, char *err, size_
     for (int i = 0; i < n; i++) {
         const ap_ckpt_entry *e = t[i].name ? ap_ckpt_find(ck, t[i].name) : NULL;
         if (!e) {
-            seterr(err, errlen, "%s: tensor %s not in this checkpoint (another model, or a checkpoint missing a stage?)",
+            ap_errf(err, errlen, "%s: tensor %s not in this checkpoint (another model, or a checkpoint missing a stage?)",
                    ck->dir, t[i].name ? t[i].name : "(null)");
             return -1;
         }
@@ -550,7 +549,7 @@ int ap_ckpt_load_tensors(ap_ckpt *ck, ap_ckpt_tensor *t, int n, char *err, size_
             char a[96], b[96];
             fmt_shape(a, sizeof a, e->ndim, e->shape);
             fmt_shape(b, sizeof b, t[i].ndim < 0 || t[i].ndim > 4 ? 0 : t[i].ndim, t[i].shape);
-            seterr(err, errlen, "%s/%s: tensor %s has shape %s, the model wants %s", ck->dir, ck->files[e->file].name,
+            ap_errf(err, errlen, "%s/%s: tensor %s has shape %s, the model wants %s", ck->dir, ck->files[e->file].name,
                    e->name, a, b);
             return -1;
         }
@@ -580,7 +579,7 @@ int ap_ckpt_get_state(const ap_ckpt *ck, ap_ckpt_state *st, char *err, size_t er
     const cJSON *dp = cJSON_GetObjectItemCaseSensitive(m, "data_position"), *it;
     cJSON_ArrayForEach(it, dp) {
         if (st->n_data_pos >= AP_CKPT_MAX_DATA_POS || !cJSON_IsString(it)) {
-            seterr(err, errlen, "%s/manifest.json: data_position must be at most %d decimal strings", ck->dir, AP_CKPT_MAX_DATA_POS);
+            ap_errf(err, errlen, "%s/manifest.json: data_position must be at most %d decimal strings", ck->dir, AP_CKPT_MAX_DATA_POS);
             return -1;
         }
         st->data_pos[st->n_data_pos++] = strtoull(it->valuestring, NULL, 10);
@@ -589,7 +588,7 @@ int ap_ckpt_get_state(const ap_ckpt *ck, ap_ckpt_state *st, char *err, size_t er
     if (cJSON_IsString(hex)) {
         size_t n = strlen(hex->valuestring);
         if (n % 2) {
-            seterr(err, errlen, "%s/manifest.json: rng_state_hex has an odd length", ck->dir);
+            ap_errf(err, errlen, "%s/manifest.json: rng_state_hex has an odd length", ck->dir);
             return -1;
         }
         st->rng_state = malloc(n / 2 + 1);
@@ -597,7 +596,7 @@ int ap_ckpt_get_state(const ap_ckpt *ck, ap_ckpt_state *st, char *err, size_t er
         for (size_t i = 0; i < n / 2; i++) {
             unsigned v;
             if (sscanf(hex->valuestring + 2 * i, "%2x", &v) != 1) {
-                seterr(err, errlen, "%s/manifest.json: rng_state_hex is not hex", ck->dir);
+                ap_errf(err, errlen, "%s/manifest.json: rng_state_hex is not hex", ck->dir);
                 ap_ckpt_state_free(st);
                 return -1;
             }
@@ -642,7 +641,7 @@ int ap_ckpt_check_model_config(const ap_ckpt *ck, const char *config_json, char 
     cJSON *a = cJSON_Parse(mine->valuestring), *b = cJSON_Parse(config_json);
     int rc = 0;
     if (!a || !b) {
-        seterr(err, errlen, "%s: %s config.json is not valid JSON", !a ? ck->dir : "the model's", !a ? "the checkpoint's" : "");
+        ap_errf(err, errlen, "%s: %s config.json is not valid JSON", !a ? ck->dir : "the model's", !a ? "the checkpoint's" : "");
         rc = -1;
     }
     for (int i = 0; !rc && shape_keys[i]; i++) {
@@ -652,7 +651,7 @@ int ap_ckpt_check_model_config(const ap_ckpt *ck, const char *config_json, char 
         char vx[128], vy[128];
         jval(vx, sizeof vx, x);
         jval(vy, sizeof vy, y);
-        seterr(err, errlen, "%s: checkpoint of another model: config.json key %s is %s in the checkpoint, %s in this model",
+        ap_errf(err, errlen, "%s: checkpoint of another model: config.json key %s is %s in the checkpoint, %s in this model",
                ck->dir, shape_keys[i], vx, vy);
         rc = -1;
     }
@@ -679,7 +678,7 @@ int ap_ckpt_load(const char *path, const char *config_json, ap_ckpt_state *st, a
     char msg[1024] = {0};
     if (rank == who) snprintf(msg, sizeof msg, "%s", err);
     MPI_Bcast(msg, sizeof msg, MPI_CHAR, who, comm);
-    if (size > 1) seterr(err, errlen, "rank %d: %s", who, msg);
+    if (size > 1) ap_errf(err, errlen, "rank %d: %s", who, msg);
     if (st && rc == 0) ap_ckpt_state_free(st);
     return -1;
 }
@@ -697,7 +696,7 @@ char *ap_ckpt_read_config_json(const char *path, char *err, size_t errlen) {
     if (ap_ckpt_open(path, &ck, err, errlen)) return NULL;
     const cJSON *cj = cJSON_GetObjectItemCaseSensitive(ck->man, "config_json");
     char *s = cJSON_IsString(cj) && cj->valuestring[0] ? strdup(cj->valuestring) : NULL;
-    if (!s) seterr(err, errlen, "%s: the checkpoint records no config.json", ck->dir);
+    if (!s) ap_errf(err, errlen, "%s: the checkpoint records no config.json", ck->dir);
     ap_ckpt_close(ck);
     return s;
 }

@@ -1,5 +1,6 @@
 /* safetensors.c - checked reader and writer for Hugging Face safetensors.
  * See safetensors.h for the format and the rules applied to headers. */
+#include "common/error.h"
 #include "checkpoint/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -44,17 +45,6 @@ const char *ap_st_dtype_name(ap_st_dtype d) {
 }
 size_t ap_st_dtype_size(ap_st_dtype d) {
     return (unsigned)d < AP_ST_NDTYPES ? dtypes[d].size : 0;
-}
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
 }
 
 /* ---- 16-bit floats ---- */
@@ -128,39 +118,39 @@ static int cmp_by_begin(const void *a, const void *b, void *base) {
 static int parse_entry(const cJSON *e, ap_st_tensor *t, uint64_t data_start, uint64_t data_len,
                        const char *fname, char *err, size_t errlen) {
     const char *nm = e->string;
-    if (!cJSON_IsObject(e)) return fail(err, errlen, "%s: tensor '%s': entry is not a JSON object", fname, nm);
+    if (!cJSON_IsObject(e)) return ap_errf(err, errlen, "%s: tensor '%s': entry is not a JSON object", fname, nm);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     if (!cJSON_IsString(dt) || parse_dtype(dt->valuestring, &t->dtype))
-        return fail(err, errlen, "%s: tensor '%s': missing or unknown dtype (expected one of F32, BF16, F16, F64, "
+        return ap_errf(err, errlen, "%s: tensor '%s': missing or unknown dtype (expected one of F32, BF16, F16, F64, "
                     "I64, I32, I16, I8, U8, ..., BOOL)", fname, nm);
-    if (!cJSON_IsArray(sh)) return fail(err, errlen, "%s: tensor '%s': shape is missing or not an array", fname, nm);
+    if (!cJSON_IsArray(sh)) return ap_errf(err, errlen, "%s: tensor '%s': shape is missing or not an array", fname, nm);
     int nd = cJSON_GetArraySize(sh);
     if (nd > AP_ST_MAX_DIMS)
-        return fail(err, errlen, "%s: tensor '%s': %d dimensions (at most %d supported)", fname, nm, nd, AP_ST_MAX_DIMS);
+        return ap_errf(err, errlen, "%s: tensor '%s': %d dimensions (at most %d supported)", fname, nm, nd, AP_ST_MAX_DIMS);
     t->ndim = nd;
     uint64_t numel = 1;
     int d = 0;
     for (const cJSON *x = sh->child; x; x = x->next, d++) {
         if (json_u64(x, &t->shape[d]))
-            return fail(err, errlen, "%s: tensor '%s': shape[%d] is not a non-negative integer", fname, nm, d);
+            return ap_errf(err, errlen, "%s: tensor '%s': shape[%d] is not a non-negative integer", fname, nm, d);
         if (__builtin_mul_overflow(numel, t->shape[d], &numel))
-            return fail(err, errlen, "%s: tensor '%s': shape product overflows", fname, nm);
+            return ap_errf(err, errlen, "%s: tensor '%s': shape product overflows", fname, nm);
     }
     t->numel = numel;
     if (__builtin_mul_overflow(numel, (uint64_t)dtypes[t->dtype].size, &t->nbytes))
-        return fail(err, errlen, "%s: tensor '%s': byte size overflows", fname, nm);
+        return ap_errf(err, errlen, "%s: tensor '%s': byte size overflows", fname, nm);
     uint64_t b, en;
     if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 || json_u64(off->child, &b) ||
         json_u64(off->child->next, &en))
-        return fail(err, errlen, "%s: tensor '%s': data_offsets must be [begin, end] with non-negative integers",
+        return ap_errf(err, errlen, "%s: tensor '%s': data_offsets must be [begin, end] with non-negative integers",
                     fname, nm);
     if (b > en || en > data_len)
-        return fail(err, errlen, "%s: tensor '%s': data_offsets [%llu, %llu] outside the data section of %llu bytes",
+        return ap_errf(err, errlen, "%s: tensor '%s': data_offsets [%llu, %llu] outside the data section of %llu bytes",
                     fname, nm, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
     if (en - b != t->nbytes)
-        return fail(err, errlen, "%s: tensor '%s': data_offsets span %llu bytes but %s x %llu elements need %llu",
+        return ap_errf(err, errlen, "%s: tensor '%s': data_offsets span %llu bytes but %s x %llu elements need %llu",
                     fname, nm, (unsigned long long)(en - b), dtypes[t->dtype].name, (unsigned long long)numel,
                     (unsigned long long)t->nbytes);
     t->offset = data_start + b;
@@ -170,24 +160,24 @@ static int parse_entry(const cJSON *e, ap_st_tensor *t, uint64_t data_start, uin
 int ap_st_parse_header(const char *hdr, size_t len, uint64_t data_start, uint64_t data_len, int file,
                        const char *fname, ap_st_tensor **tensors, int *n, char *err, size_t errlen) {
     if (len > AP_ST_MAX_HEADER)
-        return fail(err, errlen, "%s: header of %zu bytes exceeds the limit of %u", fname, len, AP_ST_MAX_HEADER);
-    if (data_start > UINT64_MAX - data_len) return fail(err, errlen, "%s: data section overflows", fname);
+        return ap_errf(err, errlen, "%s: header of %zu bytes exceeds the limit of %u", fname, len, AP_ST_MAX_HEADER);
+    if (data_start > UINT64_MAX - data_len) return ap_errf(err, errlen, "%s: data section overflows", fname);
     cJSON *root = cJSON_ParseWithLength(hdr, len);
-    if (!root) return fail(err, errlen, "%s: header is not valid JSON", fname);
+    if (!root) return ap_errf(err, errlen, "%s: header is not valid JSON", fname);
     int rv = -1, first = *n, *order = NULL;
     if (!cJSON_IsObject(root)) {
-        fail(err, errlen, "%s: header is not a JSON object", fname);
+        ap_errf(err, errlen, "%s: header is not a JSON object", fname);
         goto done;
     }
     int count = 0;
     for (const cJSON *e = root->child; e; e = e->next) count++;
     if (count > INT_MAX / 2 - *n) {
-        fail(err, errlen, "%s: too many tensors", fname);
+        ap_errf(err, errlen, "%s: too many tensors", fname);
         goto done;
     }
     ap_st_tensor *nt = realloc(*tensors, (size_t)(*n + count + 1) * sizeof *nt);
     if (!nt) {
-        fail(err, errlen, "%s: out of memory for %d tensor entries", fname, count);
+        ap_errf(err, errlen, "%s: out of memory for %d tensor entries", fname, count);
         goto done;
     }
     *tensors = nt;
@@ -195,17 +185,17 @@ int ap_st_parse_header(const char *hdr, size_t len, uint64_t data_start, uint64_
         const char *nm = e->string;
         size_t nl = nm ? strnlen(nm, AP_ST_MAX_NAME) : 0;
         if (nl == 0 || nl >= AP_ST_MAX_NAME) {
-            fail(err, errlen, "%s: tensor name %s", fname, nl ? "longer than 511 bytes" : "empty");
+            ap_errf(err, errlen, "%s: tensor name %s", fname, nl ? "longer than 511 bytes" : "empty");
             goto done;
         }
         if (!strcmp(nm, "__metadata__")) {
             if (!cJSON_IsObject(e)) {
-                fail(err, errlen, "%s: __metadata__ is not a JSON object", fname);
+                ap_errf(err, errlen, "%s: __metadata__ is not a JSON object", fname);
                 goto done;
             }
             for (const cJSON *m = e->child; m; m = m->next)
                 if (!cJSON_IsString(m)) {
-                    fail(err, errlen, "%s: __metadata__ value '%.64s' is not a string", fname, m->string);
+                    ap_errf(err, errlen, "%s: __metadata__ value '%.64s' is not a string", fname, m->string);
                     goto done;
                 }
             continue;
@@ -214,7 +204,7 @@ int ap_st_parse_header(const char *hdr, size_t len, uint64_t data_start, uint64_
         memset(t, 0, sizeof *t);
         if (parse_entry(e, t, data_start, data_len, fname, err, errlen)) goto done;
         if (!(t->name = strdup(nm))) {
-            fail(err, errlen, "%s: out of memory", fname);
+            ap_errf(err, errlen, "%s: out of memory", fname);
             goto done;
         }
         t->file = file;
@@ -225,7 +215,7 @@ int ap_st_parse_header(const char *hdr, size_t len, uint64_t data_start, uint64_
     int m = *n - first;
     if (m > 1) {
         if (!(order = malloc((size_t)m * sizeof *order))) {
-            fail(err, errlen, "%s: out of memory", fname);
+            ap_errf(err, errlen, "%s: out of memory", fname);
             goto done;
         }
         for (int i = 0; i < m; i++) order[i] = first + i;
@@ -236,7 +226,7 @@ int ap_st_parse_header(const char *hdr, size_t len, uint64_t data_start, uint64_
             const ap_st_tensor *t = &(*tensors)[order[i]];
             if (t->nbytes == 0) continue;
             if (prev && t->offset < end) {
-                fail(err, errlen, "%s: tensor '%s' overlaps tensor '%s' in the data section", fname, t->name, prev);
+                ap_errf(err, errlen, "%s: tensor '%s' overlaps tensor '%s' in the data section", fname, t->name, prev);
                 goto done;
             }
             end = t->offset + t->nbytes;
@@ -292,37 +282,37 @@ static int add_file(ap_st_model *m, const char *path) {
 /* Reads and parses the header of one .safetensors file. */
 static int open_shard(ap_st_model *m, const char *path, char *err, size_t errlen) {
     int file = add_file(m, path);
-    if (file < 0) return fail(err, errlen, "%s: out of memory", path);
+    if (file < 0) return ap_errf(err, errlen, "%s: out of memory", path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     int rv = -1;
     char *hdr = NULL;
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        fail(err, errlen, "%s: not a regular file", path);
+        ap_errf(err, errlen, "%s: not a regular file", path);
         goto done;
     }
     uint64_t size = (uint64_t)st.st_size;
     unsigned char lenbuf[8];
     if (size < 8 || read_full(fd, lenbuf, 8, 0)) {
-        fail(err, errlen, "%s: truncated (%llu bytes): a safetensors file starts with an 8-byte header length",
+        ap_errf(err, errlen, "%s: truncated (%llu bytes): a safetensors file starts with an 8-byte header length",
              path, (unsigned long long)size);
         goto done;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | lenbuf[i];
     if (hlen > AP_ST_MAX_HEADER) {
-        fail(err, errlen, "%s: header length %llu exceeds the limit of %u bytes (corrupt or not safetensors)", path,
+        ap_errf(err, errlen, "%s: header length %llu exceeds the limit of %u bytes (corrupt or not safetensors)", path,
              (unsigned long long)hlen, AP_ST_MAX_HEADER);
         goto done;
     }
     if (hlen > size - 8) {
-        fail(err, errlen, "%s: header length %llu exceeds the file size %llu (truncated?)", path,
+        ap_errf(err, errlen, "%s: header length %llu exceeds the file size %llu (truncated?)", path,
              (unsigned long long)hlen, (unsigned long long)size);
         goto done;
     }
     if (!(hdr = malloc(hlen ? hlen : 1)) || read_full(fd, hdr, hlen, 8)) {
-        fail(err, errlen, "%s: cannot read the %llu-byte header", path, (unsigned long long)hlen);
+        ap_errf(err, errlen, "%s: cannot read the %llu-byte header", path, (unsigned long long)hlen);
         goto done;
     }
     rv = ap_st_parse_header(hdr, hlen, 8 + hlen, size - 8 - hlen, file, path, &m->t, &m->n, err, errlen);
@@ -335,7 +325,7 @@ done:
 static char *slurp(const char *path, size_t max, size_t *len, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     char *buf = malloc(max + 1);
@@ -343,7 +333,7 @@ static char *slurp(const char *path, size_t max, size_t *len, char *err, size_t 
     int bad = ferror(f);
     fclose(f);
     if (!buf || bad || n > max) {
-        fail(err, errlen, "%s: %s", path, !buf ? "out of memory" : bad ? "read error" : "file too large");
+        ap_errf(err, errlen, "%s: %s", path, !buf ? "out of memory" : bad ? "read error" : "file too large");
         free(buf);
         return NULL;
     }
@@ -361,13 +351,13 @@ static int cmp_name_idx(const void *a, const void *b, void *base) {
 static int index_names(ap_st_model *m, const char *path, char *err, size_t errlen) {
     free(m->by_name);
     if (!(m->by_name = malloc((size_t)(m->n ? m->n : 1) * sizeof *m->by_name)))
-        return fail(err, errlen, "%s: out of memory", path);
+        return ap_errf(err, errlen, "%s: out of memory", path);
     for (int i = 0; i < m->n; i++) m->by_name[i] = i;
     qsort_r(m->by_name, (size_t)m->n, sizeof *m->by_name, cmp_name_idx, m->t);
     for (int i = 1; i < m->n; i++) {
         const ap_st_tensor *a = &m->t[m->by_name[i - 1]], *b = &m->t[m->by_name[i]];
         if (!strcmp(a->name, b->name))
-            return fail(err, errlen, "%s: tensor '%s' appears twice (in %s and %s)", path, a->name,
+            return ap_errf(err, errlen, "%s: tensor '%s' appears twice (in %s and %s)", path, a->name,
                         m->paths[a->file], m->paths[b->file]);
     }
     return 0;
@@ -387,30 +377,30 @@ static int open_index(ap_st_model *m, const char *path, char *err, size_t errlen
     cJSON *root = cJSON_ParseWithLength(text, len);
     const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!dir) {
-        fail(err, errlen, "%s: out of memory", path);
+        ap_errf(err, errlen, "%s: out of memory", path);
         goto done;
     }
     char *slash = strrchr(dir, '/');
     if (slash) slash[1] = 0;
     else strcpy(dir, ".");
     if (!root || !cJSON_IsObject(root)) {
-        fail(err, errlen, "%s: not a JSON object", path);
+        ap_errf(err, errlen, "%s: not a JSON object", path);
         goto done;
     }
     if (!cJSON_IsObject(wm)) {
-        fail(err, errlen, "%s: key 'weight_map' missing or not an object", path);
+        ap_errf(err, errlen, "%s: key 'weight_map' missing or not an object", path);
         goto done;
     }
     /* Open each distinct shard once, in order of first appearance. */
     for (const cJSON *e = wm->child; e; e = e->next) {
         if (!cJSON_IsString(e)) {
-            fail(err, errlen, "%s: weight_map['%.128s'] is not a string", path, e->string);
+            ap_errf(err, errlen, "%s: weight_map['%.128s'] is not a string", path, e->string);
             goto done;
         }
         const char *f = e->valuestring;
         size_t fl = strnlen(f, 256);
         if (fl == 0 || fl >= 256 || strchr(f, '/') || !strcmp(f, ".") || !strcmp(f, "..")) {
-            fail(err, errlen, "%s: weight_map['%.128s'] = '%.64s' is not a plain file name in the index's directory",
+            ap_errf(err, errlen, "%s: weight_map['%.128s'] = '%.64s' is not a plain file name in the index's directory",
                  path, e->string, f);
             goto done;
         }
@@ -418,12 +408,12 @@ static int open_index(ap_st_model *m, const char *path, char *err, size_t errlen
         for (int i = m->nfiles - 1; i >= 0 && !seen; i--) seen = !strcmp(base_name(m->paths[i]), f);
         if (seen) continue;
         if (m->nfiles >= AP_ST_MAX_SHARDS) {
-            fail(err, errlen, "%s: more than %d shard files", path, AP_ST_MAX_SHARDS);
+            ap_errf(err, errlen, "%s: more than %d shard files", path, AP_ST_MAX_SHARDS);
             goto done;
         }
         free(shard);
         if (!(shard = path_join(dir, f))) {
-            fail(err, errlen, "%s: out of memory", path);
+            ap_errf(err, errlen, "%s: out of memory", path);
             goto done;
         }
         if (open_shard(m, shard, err, errlen)) goto done;
@@ -433,7 +423,7 @@ static int open_index(ap_st_model *m, const char *path, char *err, size_t errlen
     for (const cJSON *e = wm->child; e; e = e->next) {
         const ap_st_tensor *t = ap_st_find(m, e->string);
         if (!t || strcmp(base_name(m->paths[t->file]), e->valuestring)) {
-            fail(err, errlen, "%s: weight_map puts tensor '%.128s' in %s, but that file has no such tensor", path,
+            ap_errf(err, errlen, "%s: weight_map puts tensor '%.128s' in %s, but that file has no such tensor", path,
                  e->string, e->valuestring);
             goto done;
         }
@@ -460,11 +450,11 @@ int ap_st_open(ap_st_model **out, const char *path, char *err, size_t errlen) {
     *out = NULL;
     ap_st_model *m = calloc(1, sizeof *m);
     char *p = NULL;
-    if (!m) return fail(err, errlen, "%s: out of memory", path);
+    if (!m) return ap_errf(err, errlen, "%s: out of memory", path);
     int rv = -1;
     struct stat st;
     if (stat(path, &st)) {
-        fail(err, errlen, "%s: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: %s", path, strerror(errno));
         goto done;
     }
     if (S_ISDIR(st.st_mode)) {
@@ -475,7 +465,7 @@ int ap_st_open(ap_st_model **out, const char *path, char *err, size_t errlen) {
             free(p);
             if (!(p = path_join(path, "model.safetensors"))) goto oom;
             if (access(p, F_OK)) {
-                fail(err, errlen, "%s: no model.safetensors or model.safetensors.index.json in this directory", path);
+                ap_errf(err, errlen, "%s: no model.safetensors or model.safetensors.index.json in this directory", path);
                 goto done;
             }
             rv = open_shard(m, p, err, errlen);
@@ -488,7 +478,7 @@ int ap_st_open(ap_st_model **out, const char *path, char *err, size_t errlen) {
     if (rv) goto done;
     goto done;
 oom:
-    fail(err, errlen, "%s: out of memory", path);
+    ap_errf(err, errlen, "%s: out of memory", path);
 done:
     free(p);
     if (rv) ap_st_close(m);
@@ -520,17 +510,17 @@ static int open_for(const ap_st_model *m, const ap_st_tensor *t, char *err, size
     const char *path = m->paths[t->file];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
-    if (fd < 0) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     if (fstat(fd, &st) || (uint64_t)st.st_size < t->offset + t->nbytes) {
         close(fd);
-        return fail(err, errlen, "%s: tensor '%s': file shrank below its data (modified while open?)", path, t->name);
+        return ap_errf(err, errlen, "%s: tensor '%s': file shrank below its data (modified while open?)", path, t->name);
     }
     return fd;
 }
 
 static const ap_st_tensor *find_checked(const ap_st_model *m, const char *name, char *err, size_t errlen) {
     const ap_st_tensor *t = ap_st_find(m, name);
-    if (!t) fail(err, errlen, "%s: tensor '%s' not found", m->nfiles ? m->paths[0] : "safetensors", name);
+    if (!t) ap_errf(err, errlen, "%s: tensor '%s' not found", m->nfiles ? m->paths[0] : "safetensors", name);
     return t;
 }
 
@@ -554,10 +544,10 @@ int ap_st_read_f32(ap_st_model *m, const char *name, float *dst, int ndim, const
         char a[160], b[160];
         shape_str(a, sizeof a, t->ndim, t->shape, NULL);
         shape_str(b, sizeof b, ndim, NULL, shape);
-        return fail(err, errlen, "%s: tensor '%s' has shape %s, expected %s", path, name, a, b);
+        return ap_errf(err, errlen, "%s: tensor '%s' has shape %s, expected %s", path, name, a, b);
     }
     if (t->dtype != AP_ST_F32 && t->dtype != AP_ST_BF16 && t->dtype != AP_ST_F16)
-        return fail(err, errlen, "%s: tensor '%s' has dtype %s (supported: F32, BF16, F16)", path, name,
+        return ap_errf(err, errlen, "%s: tensor '%s' has dtype %s (supported: F32, BF16, F16)", path, name,
                     dtypes[t->dtype].name);
     int fd = open_for(m, t, err, errlen);
     if (fd < 0) return -1;
@@ -576,7 +566,7 @@ int ap_st_read_f32(ap_st_model *m, const char *name, float *dst, int ndim, const
         free(buf);
     }
     close(fd);
-    if (rv) return fail(err, errlen, "%s: tensor '%s': read error", path, name);
+    if (rv) return ap_errf(err, errlen, "%s: tensor '%s': read error", path, name);
     return 0;
 }
 
@@ -585,10 +575,10 @@ int ap_st_read_i32(ap_st_model *m, const char *name, int32_t *dst, size_t numel,
     if (!t) return -1;
     const char *path = m->paths[t->file];
     if (t->numel != numel)
-        return fail(err, errlen, "%s: tensor '%s' has %llu elements, expected %zu", path, name,
+        return ap_errf(err, errlen, "%s: tensor '%s' has %llu elements, expected %zu", path, name,
                     (unsigned long long)t->numel, numel);
     if (t->dtype != AP_ST_I32 && t->dtype != AP_ST_I64)
-        return fail(err, errlen, "%s: tensor '%s' has dtype %s (expected I32 or I64)", path, name,
+        return ap_errf(err, errlen, "%s: tensor '%s' has dtype %s (expected I32 or I64)", path, name,
                     dtypes[t->dtype].name);
     int fd = open_for(m, t, err, errlen);
     if (fd < 0) return -1;
@@ -601,13 +591,13 @@ int ap_st_read_i32(ap_st_model *m, const char *name, int32_t *dst, size_t numel,
             if (read_full(fd, &v, 8, t->offset + i * 8)) rv = -1;
             else if (v < INT32_MIN || v > INT32_MAX) {
                 close(fd);
-                return fail(err, errlen, "%s: tensor '%s': element %zu = %lld does not fit 32 bits", path, name, i,
+                return ap_errf(err, errlen, "%s: tensor '%s': element %zu = %lld does not fit 32 bits", path, name, i,
                             (long long)v);
             } else dst[i] = (int32_t)v;
         }
     }
     close(fd);
-    if (rv) return fail(err, errlen, "%s: tensor '%s': read error", path, name);
+    if (rv) return ap_errf(err, errlen, "%s: tensor '%s': read error", path, name);
     return 0;
 }
 
@@ -644,7 +634,7 @@ static int write_shard(const char *path, const ap_st_out *t, int a, int b, ap_st
     if (!(tmp = malloc(strlen(path) + 32))) goto oom;
     sprintf(tmp, "%s.tmp.%ld", path, (long)getpid());
     if (!(f = fopen(tmp, "wb"))) {
-        fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         goto done;
     }
     unsigned char lenbuf[8];
@@ -669,14 +659,14 @@ static int write_shard(const char *path, const ap_st_out *t, int a, int b, ap_st
     if (fclose(f)) bad = 1;
     f = NULL;
     if (bad || rename(tmp, path)) {
-        fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
         goto done;
     }
     rv = 0;
     goto done;
 oom:
-    fail(err, errlen, "%s: out of memory", path);
+    ap_errf(err, errlen, "%s: out of memory", path);
 done:
     if (f) {
         fclose(f);
@@ -691,13 +681,13 @@ done:
 
 static int write_text(const char *path, const char *text, char *err, size_t errlen) {
     char *tmp = malloc(strlen(path) + 32);
-    if (!tmp) return fail(err, errlen, "%s: out of memory", path);
+    if (!tmp) return ap_errf(err, errlen, "%s: out of memory", path);
     sprintf(tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     int bad = !f || write_full(f, text, strlen(text)) || fflush(f) || fsync(fileno(f));
     if (f && fclose(f)) bad = 1;
     if (bad || rename(tmp, path)) {
-        fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
         free(tmp);
         return -1;
@@ -710,29 +700,29 @@ int ap_st_write(const char *dir, const char *basename, const ap_st_out *t, int n
                 uint64_t shard_bytes, char *err, size_t errlen) {
     const char *base = basename ? basename : "model";
     if (dtype != AP_ST_F32 && dtype != AP_ST_BF16)
-        return fail(err, errlen, "%s: safetensors writer supports F32 and BF16, not %s", dir, ap_st_dtype_name(dtype));
-    if (n < 0) return fail(err, errlen, "%s: negative tensor count", dir);
+        return ap_errf(err, errlen, "%s: safetensors writer supports F32 and BF16, not %s", dir, ap_st_dtype_name(dtype));
+    if (n < 0) return ap_errf(err, errlen, "%s: negative tensor count", dir);
     size_t ds = dtypes[dtype].size;
     uint64_t total = 0;
     for (int i = 0; i < n; i++) {
         size_t nl = t[i].name ? strnlen(t[i].name, AP_ST_MAX_NAME) : 0;
         if (nl == 0 || nl >= AP_ST_MAX_NAME || !strcmp(t[i].name, "__metadata__"))
-            return fail(err, errlen, "%s: tensor %d has an invalid name", dir, i);
+            return ap_errf(err, errlen, "%s: tensor %d has an invalid name", dir, i);
         if (t[i].ndim < 0 || t[i].ndim > AP_ST_MAX_DIMS)
-            return fail(err, errlen, "%s: tensor '%s': %d dimensions", dir, t[i].name, t[i].ndim);
+            return ap_errf(err, errlen, "%s: tensor '%s': %d dimensions", dir, t[i].name, t[i].ndim);
         uint64_t numel = 1;
         for (int d = 0; d < t[i].ndim; d++)
             if (__builtin_mul_overflow(numel, (uint64_t)t[i].shape[d], &numel))
-                return fail(err, errlen, "%s: tensor '%s': shape overflows", dir, t[i].name);
-        if (numel && !t[i].data) return fail(err, errlen, "%s: tensor '%s' has no data", dir, t[i].name);
-        if (numel > (uint64_t)(MAX_SAFE_INT / 8)) return fail(err, errlen, "%s: tensor '%s' too large", dir, t[i].name);
+                return ap_errf(err, errlen, "%s: tensor '%s': shape overflows", dir, t[i].name);
+        if (numel && !t[i].data) return ap_errf(err, errlen, "%s: tensor '%s' has no data", dir, t[i].name);
+        if (numel > (uint64_t)(MAX_SAFE_INT / 8)) return ap_errf(err, errlen, "%s: tensor '%s' too large", dir, t[i].name);
         total += numel * ds;
         for (int j = 0; j < i; j++)
-            if (!strcmp(t[i].name, t[j].name)) return fail(err, errlen, "%s: tensor '%s' given twice", dir, t[i].name);
+            if (!strcmp(t[i].name, t[j].name)) return ap_errf(err, errlen, "%s: tensor '%s' given twice", dir, t[i].name);
     }
     char path[4096], ipath[4096];
     if (snprintf(ipath, sizeof ipath, "%s/%s.safetensors.index.json", dir, base) >= (int)sizeof ipath)
-        return fail(err, errlen, "%s: path too long", dir);
+        return ap_errf(err, errlen, "%s: path too long", dir);
     if (shard_bytes == 0 || total <= shard_bytes) {
         snprintf(path, sizeof path, "%s/%s.safetensors", dir, base);
         if (write_shard(path, t, 0, n, dtype, err, errlen)) return -1;
@@ -769,7 +759,7 @@ int ap_st_write(const char *dir, const char *basename, const ap_st_out *t, int n
         char fname[256];
         snprintf(fname, sizeof fname, "%s-%05d-of-%05d.safetensors", base, ++k, nshards);
         if (snprintf(path, sizeof path, "%s/%s", dir, fname) >= (int)sizeof path) {
-            fail(err, errlen, "%s: path too long", dir);
+            ap_errf(err, errlen, "%s: path too long", dir);
             goto done;
         }
         if (write_shard(path, t, a, b, dtype, err, errlen)) goto done;
@@ -781,7 +771,7 @@ int ap_st_write(const char *dir, const char *basename, const ap_st_out *t, int n
     rv = write_text(ipath, text, err, errlen);
     goto done;
 oom:
-    fail(err, errlen, "%s: out of memory", dir);
+    ap_errf(err, errlen, "%s: out of memory", dir);
 done:
     free(text);
     cJSON_Delete(root);

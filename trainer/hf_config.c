@@ -1,6 +1,7 @@
 /* hf_config.c - config.json <-> ap_model_config, with the defaults of
  * transformers' LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config and
  * GemmaConfig (checked against transformers 5.24). */
+#include "common/error.h"
 #include "trainer/hf_config.h"
 
 #include "launcher/config.h"
@@ -39,17 +40,6 @@ int ap_model_type_from_name(const char *name, enum ap_model_type *out) {
 }
 
 const char *ap_model_types_supported(void) { return "llama, mistral, qwen2, qwen3, gemma"; }
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 void ap_hf_config_defaults(ap_model_config *c, enum ap_model_type t) {
     memset(c, 0, sizeof *c);
@@ -113,9 +103,9 @@ static int get_int(const reader *r, const cJSON *obj, const char *key, int *out,
     const cJSON *v = get(r, obj, key);
     if (!v) return 0;
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-        return fail(r->err, r->errlen, "%s: key '%s' must be an integer", r->file, key);
+        return ap_errf(r->err, r->errlen, "%s: key '%s' must be an integer", r->file, key);
     if (v->valuedouble < (double)lo || v->valuedouble > (double)hi)
-        return fail(r->err, r->errlen, "%s: key '%s' = %.17g is out of range [%ld, %ld]", r->file, key,
+        return ap_errf(r->err, r->errlen, "%s: key '%s' = %.17g is out of range [%ld, %ld]", r->file, key,
                     v->valuedouble, lo, hi);
     *out = (int)v->valuedouble;
     return 0;
@@ -127,10 +117,10 @@ static int get_num(const reader *r, const cJSON *obj, const char *key, double *o
     const cJSON *v = get(r, obj, key);
     if (!v) return 0;
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-        return fail(r->err, r->errlen, "%s: key '%s' must be a number", r->file, key);
+        return ap_errf(r->err, r->errlen, "%s: key '%s' must be a number", r->file, key);
     double d = v->valuedouble;
     if ((lo_incl ? d < lo : d <= lo) || d > hi)
-        return fail(r->err, r->errlen, "%s: key '%s' = %.17g is out of range %s%g, %g]", r->file, key, d,
+        return ap_errf(r->err, r->errlen, "%s: key '%s' = %.17g is out of range %s%g, %g]", r->file, key, d,
                     lo_incl ? "[" : "(", lo, hi);
     *out = d;
     return 0;
@@ -139,7 +129,7 @@ static int get_num(const reader *r, const cJSON *obj, const char *key, double *o
 static int get_bool(const reader *r, const cJSON *obj, const char *key, int *out) {
     const cJSON *v = get(r, obj, key);
     if (!v) return 0;
-    if (!cJSON_IsBool(v)) return fail(r->err, r->errlen, "%s: key '%s' must be true or false", r->file, key);
+    if (!cJSON_IsBool(v)) return ap_errf(r->err, r->errlen, "%s: key '%s' must be true or false", r->file, key);
     *out = cJSON_IsTrue(v);
     return 0;
 }
@@ -149,7 +139,7 @@ static int get_str(const reader *r, const cJSON *obj, const char *key, const cha
     const cJSON *v = get(r, obj, key);
     *out = NULL;
     if (!v) return 0;
-    if (!cJSON_IsString(v)) return fail(r->err, r->errlen, "%s: key '%s' must be a string", r->file, key);
+    if (!cJSON_IsString(v)) return ap_errf(r->err, r->errlen, "%s: key '%s' must be a string", r->file, key);
     *out = v->valuestring;
     return 0;
 }
@@ -165,7 +155,7 @@ static int get_token(const reader *r, const char *key, int *out) {
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
         v->valuedouble > 2147483647.0)
-        return fail(r->err, r->errlen, "%s: key '%s' must be a non-negative integer token id (or null)", r->file, key);
+        return ap_errf(r->err, r->errlen, "%s: key '%s' must be a non-negative integer token id (or null)", r->file, key);
     *out = (int)v->valuedouble;
     return 0;
 }
@@ -185,7 +175,7 @@ static int read_rope(const reader *r, ap_model_config *c) {
                 1L << 30)) return -1;
     c->rope_scaling = AP_ROPE_DEFAULT;
     if (rp) {
-        if (!cJSON_IsObject(rp)) return fail(r->err, r->errlen, "%s: key '%s' must be an object or null", r->file, key);
+        if (!cJSON_IsObject(rp)) return ap_errf(r->err, r->errlen, "%s: key '%s' must be an object or null", r->file, key);
         char k[96];
         const char *type = NULL, *legacy = NULL;
         snprintf(k, sizeof k, "%s.rope_type", key);
@@ -196,18 +186,18 @@ static int read_rope(const reader *r, ap_model_config *c) {
         else if (!strcmp(type, "linear")) c->rope_scaling = AP_ROPE_LINEAR;
         else if (!strcmp(type, "llama3")) c->rope_scaling = AP_ROPE_LLAMA3;
         else
-            return fail(r->err, r->errlen, "%s: key '%s' = '%s' is not supported (supported: default, linear, llama3)",
+            return ap_errf(r->err, r->errlen, "%s: key '%s' = '%s' is not supported (supported: default, linear, llama3)",
                         r->file, k, type);
         if (get_num(r, rp, "rope_theta", &c->rope_theta, 0, 0, 1e12)) return -1;
         if (get_num(r, rp, "partial_rotary_factor", &prf, 0, 0, 1)) return -1;
         if (c->rope_scaling != AP_ROPE_DEFAULT) {
             if (!get(r, rp, "factor"))
-                return fail(r->err, r->errlen, "%s: key '%s.factor' is required for rope_type %s", r->file, key, type);
+                return ap_errf(r->err, r->errlen, "%s: key '%s.factor' is required for rope_type %s", r->file, key, type);
             if (get_num(r, rp, "factor", &c->rope_factor, 0, 0, 1e6)) return -1;
         }
         if (c->rope_scaling == AP_ROPE_LLAMA3) {
             if (!get(r, rp, "low_freq_factor") || !get(r, rp, "high_freq_factor"))
-                return fail(r->err, r->errlen, "%s: keys '%s.low_freq_factor' and '%s.high_freq_factor' are required "
+                return ap_errf(r->err, r->errlen, "%s: keys '%s.low_freq_factor' and '%s.high_freq_factor' are required "
                             "for rope_type llama3", r->file, key, key);
             if (get_num(r, rp, "low_freq_factor", &c->rope_low_freq_factor, 0, 0, 1e6) ||
                 get_num(r, rp, "high_freq_factor", &c->rope_high_freq_factor, 0, 0, 1e6) ||
@@ -215,12 +205,12 @@ static int read_rope(const reader *r, ap_model_config *c) {
                         1L << 30))
                 return -1;
             if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
-                return fail(r->err, r->errlen, "%s: key '%s.high_freq_factor' must exceed low_freq_factor", r->file,
+                return ap_errf(r->err, r->errlen, "%s: key '%s.high_freq_factor' must exceed low_freq_factor", r->file,
                             key);
         }
     }
     if (prf != 1.0)
-        return fail(r->err, r->errlen, "%s: key 'partial_rotary_factor' = %g is not supported (only 1.0)", r->file, prf);
+        return ap_errf(r->err, r->errlen, "%s: key 'partial_rotary_factor' = %g is not supported (only 1.0)", r->file, prf);
     return 0;
 }
 
@@ -237,11 +227,11 @@ static int read_qwen_window(const reader *r, ap_model_config *c) {
     const cJSON *lt = get(r, NULL, "layer_types");
     if (lt) {
         if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != n)
-            return fail(r->err, r->errlen, "%s: key 'layer_types' must be a list of %d strings", r->file, n);
+            return ap_errf(r->err, r->errlen, "%s: key 'layer_types' must be a list of %d strings", r->file, n);
         for (const cJSON *e = lt->child; e; e = e->next) {
             if (!cJSON_IsString(e) || (strcmp(e->valuestring, "full_attention") &&
                                        strcmp(e->valuestring, "sliding_attention")))
-                return fail(r->err, r->errlen, "%s: key 'layer_types' entries must be \"full_attention\" or "
+                return ap_errf(r->err, r->errlen, "%s: key 'layer_types' entries must be \"full_attention\" or "
                             "\"sliding_attention\"", r->file);
             n_sliding += !strcmp(e->valuestring, "sliding_attention");
         }
@@ -251,7 +241,7 @@ static int read_qwen_window(const reader *r, ap_model_config *c) {
     /* sliding layers without use_sliding_window have no window in transformers */
     if (!use) n_sliding = 0;
     if (n_sliding && n_sliding != n)
-        return fail(r->err, r->errlen, "%s: %d of %d layers use a sliding window (use_sliding_window with "
+        return ap_errf(r->err, r->errlen, "%s: %d of %d layers use a sliding window (use_sliding_window with "
                     "max_window_layers/layer_types): per-layer windows are not supported, only all or none",
                     r->file, n_sliding, n);
     c->sliding_window = n_sliding ? window : 0;
@@ -259,7 +249,7 @@ static int read_qwen_window(const reader *r, ap_model_config *c) {
 }
 
 int ap_model_config_check(const ap_model_config *c, const char *name, char *err, size_t errlen) {
-    if (!ap_model_type_name(c->model_type)) return fail(err, errlen, "%s: unknown model_type", name);
+    if (!ap_model_type_name(c->model_type)) return ap_errf(err, errlen, "%s: unknown model_type", name);
     struct { const char *key; long v, lo, hi; } ints[] = {
         {"vocab_size", c->vocab_size, 1, MAXVOCAB},
         {"hidden_size", c->hidden_size, 1, MAXDIM},
@@ -273,54 +263,54 @@ int ap_model_config_check(const ap_model_config *c, const char *name, char *err,
     };
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
         if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi)
-            return fail(err, errlen, "%s: key '%s' = %ld is out of range [%ld, %ld]", name, ints[i].key, ints[i].v,
+            return ap_errf(err, errlen, "%s: key '%s' = %ld is out of range [%ld, %ld]", name, ints[i].key, ints[i].v,
                         ints[i].lo, ints[i].hi);
     if (c->num_attention_heads % c->num_key_value_heads)
-        return fail(err, errlen, "%s: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)", name,
+        return ap_errf(err, errlen, "%s: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)", name,
                     c->num_attention_heads, c->num_key_value_heads);
-    if (c->head_dim % 2) return fail(err, errlen, "%s: key 'head_dim' = %d must be even (rotary embeddings)", name,
+    if (c->head_dim % 2) return ap_errf(err, errlen, "%s: key 'head_dim' = %d must be even (rotary embeddings)", name,
                                      c->head_dim);
     if ((long)c->num_attention_heads * c->head_dim > MAXDIM)
-        return fail(err, errlen, "%s: num_attention_heads x head_dim = %ld is too large", name,
+        return ap_errf(err, errlen, "%s: num_attention_heads x head_dim = %ld is too large", name,
                     (long)c->num_attention_heads * c->head_dim);
     if (!(c->rms_norm_eps > 0 && c->rms_norm_eps < 1))
-        return fail(err, errlen, "%s: key 'rms_norm_eps' = %g must be in (0, 1)", name, c->rms_norm_eps);
+        return ap_errf(err, errlen, "%s: key 'rms_norm_eps' = %g must be in (0, 1)", name, c->rms_norm_eps);
     if (!(c->rope_theta > 0 && isfinite(c->rope_theta)))
-        return fail(err, errlen, "%s: key 'rope_theta' = %g must be positive", name, c->rope_theta);
+        return ap_errf(err, errlen, "%s: key 'rope_theta' = %g must be positive", name, c->rope_theta);
     if (c->rope_scaling != AP_ROPE_DEFAULT && !(c->rope_factor > 0 && isfinite(c->rope_factor)))
-        return fail(err, errlen, "%s: rope scaling factor = %g must be positive", name, c->rope_factor);
+        return ap_errf(err, errlen, "%s: rope scaling factor = %g must be positive", name, c->rope_factor);
     if (c->rope_scaling == AP_ROPE_LLAMA3 &&
         !(c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor &&
           c->rope_original_max_position_embeddings > 0))
-        return fail(err, errlen, "%s: llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor and "
+        return ap_errf(err, errlen, "%s: llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor and "
                     "original_max_position_embeddings > 0", name);
     if (!(c->initializer_range >= 0 && c->initializer_range <= 1))
-        return fail(err, errlen, "%s: key 'initializer_range' = %g must be in [0, 1]", name, c->initializer_range);
+        return ap_errf(err, errlen, "%s: key 'initializer_range' = %g must be in [0, 1]", name, c->initializer_range);
     if (c->hidden_act != AP_ACT_SILU && c->hidden_act != AP_ACT_GELU_TANH)
-        return fail(err, errlen, "%s: unknown hidden_act", name);
-    if ((unsigned)c->rope_scaling > AP_ROPE_LLAMA3) return fail(err, errlen, "%s: unknown rope scaling", name);
+        return ap_errf(err, errlen, "%s: unknown hidden_act", name);
+    if ((unsigned)c->rope_scaling > AP_ROPE_LLAMA3) return ap_errf(err, errlen, "%s: unknown rope scaling", name);
     return 0;
 }
 
 int ap_hf_config_parse(ap_model_config *c, const char *json, size_t len, const char *file, char *err,
                        size_t errlen) {
     cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root) return fail(err, errlen, "%s: not valid JSON", file);
+    if (!root) return ap_errf(err, errlen, "%s: not valid JSON", file);
     reader rd = {root, file, err, errlen}, *r = &rd;
     int rv = -1;
     const char *mt = NULL, *act = NULL;
     if (!cJSON_IsObject(root)) {
-        fail(err, errlen, "%s: not a JSON object", file);
+        ap_errf(err, errlen, "%s: not a JSON object", file);
         goto done;
     }
     if (get_str(r, NULL, "model_type", &mt)) goto done;
     enum ap_model_type t;
     if (!mt) {
-        fail(err, errlen, "%s: key 'model_type' is missing (supported: %s)", file, ap_model_types_supported());
+        ap_errf(err, errlen, "%s: key 'model_type' is missing (supported: %s)", file, ap_model_types_supported());
         goto done;
     }
     if (ap_model_type_from_name(mt, &t)) {
-        fail(err, errlen, "%s: model_type '%.64s' is not supported (supported: %s)", file, mt,
+        ap_errf(err, errlen, "%s: model_type '%.64s' is not supported (supported: %s)", file, mt,
              ap_model_types_supported());
         goto done;
     }
@@ -353,7 +343,7 @@ int ap_hf_config_parse(ap_model_config *c, const char *json, size_t len, const c
         else if (!strcmp(act, "gelu_pytorch_tanh") || (t == AP_MODEL_GEMMA && !strcmp(act, "gelu")))
             c->hidden_act = AP_ACT_GELU_TANH; /* GemmaConfig maps the legacy "gelu" to the tanh form */
         else {
-            fail(err, errlen, "%s: key 'hidden_act' = '%.64s' is not supported (supported: silu, gelu_pytorch_tanh)",
+            ap_errf(err, errlen, "%s: key 'hidden_act' = '%.64s' is not supported (supported: silu, gelu_pytorch_tanh)",
                  file, act);
             goto done;
         }
@@ -362,14 +352,14 @@ int ap_hf_config_parse(ap_model_config *c, const char *json, size_t len, const c
     /* Keys whose math autopipe does not implement: reject instead of ignoring. */
     int flag = 0;
     if (t == AP_MODEL_LLAMA && (get_bool(r, NULL, "mlp_bias", &flag) || flag)) {
-        if (flag) fail(err, errlen, "%s: key 'mlp_bias' = true is not supported", file);
+        if (flag) ap_errf(err, errlen, "%s: key 'mlp_bias' = true is not supported", file);
         goto done;
     }
     if (t != AP_MODEL_QWEN2) {
         flag = 0;
         if (get_bool(r, NULL, "attention_bias", &flag)) goto done;
         if (flag) {
-            fail(err, errlen, "%s: key 'attention_bias' = true (biases on q/k/v/o projections) is not supported for "
+            ap_errf(err, errlen, "%s: key 'attention_bias' = true (biases on q/k/v/o projections) is not supported for "
                  "model_type %s", file, mt);
             goto done;
         }
@@ -378,7 +368,7 @@ int ap_hf_config_parse(ap_model_config *c, const char *json, size_t len, const c
         flag = 0;
         if (get_bool(r, NULL, "use_bidirectional_attention", &flag)) goto done;
         if (flag) {
-            fail(err, errlen, "%s: key 'use_bidirectional_attention' = true is not supported", file);
+            ap_errf(err, errlen, "%s: key 'use_bidirectional_attention' = true is not supported", file);
             goto done;
         }
     }
@@ -404,23 +394,23 @@ done:
 int ap_hf_config_read(ap_model_config *c, const char *path, char *err, size_t errlen) {
     char file[4096];
     struct stat st;
-    if (stat(path, &st)) return fail(err, errlen, "%s: %s", path, strerror(errno));
+    if (stat(path, &st)) return ap_errf(err, errlen, "%s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
         if (snprintf(file, sizeof file, "%s/config.json", path) >= (int)sizeof file)
-            return fail(err, errlen, "%s: path too long", path);
+            return ap_errf(err, errlen, "%s: path too long", path);
     } else {
         if (snprintf(file, sizeof file, "%s", path) >= (int)sizeof file)
-            return fail(err, errlen, "%s: path too long", path);
+            return ap_errf(err, errlen, "%s: path too long", path);
     }
     FILE *f = fopen(file, "rb");
-    if (!f) return fail(err, errlen, "%s: cannot open: %s", file, strerror(errno));
+    if (!f) return ap_errf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
     char *buf = malloc(MAX_CONFIG_BYTES + 1);
     size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
     int bad = ferror(f);
     fclose(f);
     if (!buf || bad || n > MAX_CONFIG_BYTES) {
         free(buf);
-        return fail(err, errlen, "%s: %s", file, !buf ? "out of memory" : bad ? "read error" : "larger than 16 MiB");
+        return ap_errf(err, errlen, "%s: %s", file, !buf ? "out of memory" : bad ? "read error" : "larger than 16 MiB");
     }
     int rv = ap_hf_config_parse(c, buf, n, file, err, errlen);
     free(buf);
@@ -438,12 +428,12 @@ char *ap_hf_config_to_json(const ap_model_config *c, char *err, size_t errlen) {
     /* What each HF class can express: the family fixes these flags. */
     if (c->attention_bias != (t == AP_MODEL_QWEN2) || c->qk_norm != (t == AP_MODEL_QWEN3) ||
         c->norm_plus_one != (t == AP_MODEL_GEMMA) || c->scale_embeddings != (t == AP_MODEL_GEMMA)) {
-        fail(err, errlen, "model config: attention_bias/qk_norm/norm_plus_one/scale_embeddings do not match what "
+        ap_errf(err, errlen, "model config: attention_bias/qk_norm/norm_plus_one/scale_embeddings do not match what "
              "model_type %s implies; config.json cannot express this model", tn);
         return NULL;
     }
     if (c->sliding_window && t != AP_MODEL_MISTRAL && t != AP_MODEL_QWEN2 && t != AP_MODEL_QWEN3) {
-        fail(err, errlen, "model config: sliding_window is not expressible for model_type %s", tn);
+        ap_errf(err, errlen, "model config: sliding_window is not expressible for model_type %s", tn);
         return NULL;
     }
     cJSON *o = cJSON_CreateObject(), *arch = cJSON_AddArrayToObject(o, "architectures");
@@ -497,14 +487,14 @@ char *ap_hf_config_to_json(const ap_model_config *c, char *err, size_t errlen) {
     return text;
 oom:
     cJSON_Delete(o);
-    fail(err, errlen, "model config: out of memory");
+    ap_errf(err, errlen, "model config: out of memory");
     return NULL;
 }
 
 int ap_hf_config_write(const ap_model_config *c, const char *dir, char *err, size_t errlen) {
     char path[4096], tmp[4200];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
-        return fail(err, errlen, "%s: path too long", dir);
+        return ap_errf(err, errlen, "%s: path too long", dir);
     char *text = ap_hf_config_to_json(c, err, errlen);
     if (!text) return -1;
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
@@ -516,7 +506,7 @@ int ap_hf_config_write(const ap_model_config *c, const char *dir, char *err, siz
     if (bad || rename(tmp, path)) {
         int e = errno;
         unlink(tmp);
-        return fail(err, errlen, "%s: write failed: %s", path, strerror(e));
+        return ap_errf(err, errlen, "%s: write failed: %s", path, strerror(e));
     }
     return 0;
 }

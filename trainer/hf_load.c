@@ -1,4 +1,5 @@
 /* hf_load.c - HF safetensors <-> a stage's named parameters (see hf_load.h). */
+#include "common/error.h"
 #include "trainer/hf_load.h"
 
 #include <errno.h>
@@ -10,17 +11,6 @@
 
 #include "checkpoint/safetensors.h"
 #include "trainer/hf_config.h"
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* The stored name for parameter `name`: itself, or without "model." (base-model files). */
 static const ap_st_tensor *lookup(const ap_st_model *st, const char *name) {
@@ -51,7 +41,7 @@ int ap_load_hf_weights(ap_stage *s, const char *model_dir, char *err, size_t err
     int rv = -1, tied = -1; /* -1: config.json not read yet */
     char *used = calloc((size_t)ap_st_count(st) + 1, 1);
     if (!used) {
-        fail(err, errlen, "%s: out of memory", model_dir);
+        ap_errf(err, errlen, "%s: out of memory", model_dir);
         goto done;
     }
     for (int i = 0; i < s->n_refs; i++) {
@@ -70,7 +60,7 @@ int ap_load_hf_weights(ap_stage *s, const char *model_dir, char *err, size_t err
             if (tied) t = lookup(st, alt);
         }
         if (!t) {
-            fail(err, errlen, "%s: tensor '%s' not found (needed by the stage of layers [%d, %d)%s)",
+            ap_errf(err, errlen, "%s: tensor '%s' not found (needed by the stage of layers [%d, %d)%s)",
                  ap_st_file(st, 0), r->name, s->first_layer, s->last_layer,
                  alt ? "; for tied embeddings config.json must say tie_word_embeddings" : "");
             goto done;
@@ -83,7 +73,7 @@ int ap_load_hf_weights(ap_stage *s, const char *model_dir, char *err, size_t err
     for (int i = 0; i < ap_st_count(st); i++) {
         const ap_st_tensor *t = ap_st_at(st, i);
         if (!used[i] && belongs(s, t->name)) {
-            fail(err, errlen, "%s: tensor '%s' is not a parameter of this model: config.json and the weights "
+            ap_errf(err, errlen, "%s: tensor '%s' is not a parameter of this model: config.json and the weights "
                  "disagree (e.g. attention_bias, qk norms, model_type)", ap_st_file(st, t->file), t->name);
             goto done;
         }
@@ -97,11 +87,11 @@ done:
 
 int ap_save_hf_model(ap_stage *const *stages, int n, const ap_model_config *mc, const char *dir, int dtype,
                      uint64_t shard_bytes, char *err, size_t errlen) {
-    if (mkdir(dir, 0755) && errno != EEXIST) return fail(err, errlen, "%s: cannot create: %s", dir, strerror(errno));
+    if (mkdir(dir, 0755) && errno != EEXIST) return ap_errf(err, errlen, "%s: cannot create: %s", dir, strerror(errno));
     int total = 0;
     for (int k = 0; k < n; k++) total += stages[k]->n_refs;
     ap_st_out *out = calloc((size_t)total + 1, sizeof *out);
-    if (!out) return fail(err, errlen, "%s: out of memory", dir);
+    if (!out) return ap_errf(err, errlen, "%s: out of memory", dir);
     int m = 0;
     for (int k = 0; k < n; k++) {
         for (int i = 0; i < stages[k]->n_refs; i++) {

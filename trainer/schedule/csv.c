@@ -4,6 +4,7 @@
  * cells are action strings ("0F1", "1SEND_B0"). csv.writer quotes nothing
  * here, but quoted cells are accepted. A file with SEND/RECV cells is the
  * compute_comms form. */
+#include "common/error.h"
 #include "trainer/schedule/schedule.h"
 
 #include <errno.h>
@@ -13,15 +14,6 @@
 
 #define MAX_CSV_BYTES (64u << 20)
 #define MAX_RANKS 4096
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 typedef struct {
     ap_action *a;
@@ -49,7 +41,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     *out = NULL;
     if (!name) name = "<csv>";
     if (n > MAX_CSV_BYTES) {
-        seterr(err, errlen, "%s: %zu bytes; a schedule CSV is expected to be under %u bytes", name, n,
+        ap_errf(err, errlen, "%s: %zu bytes; a schedule CSV is expected to be under %u bytes", name, n,
                MAX_CSV_BYTES);
         return -1;
     }
@@ -60,7 +52,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     size_t i = 0;
     while (i < n) {
         if (nrows == MAX_RANKS) {
-            seterr(err, errlen, "%s:%d: more than %d rows (one row per pp rank expected)", name,
+            ap_errf(err, errlen, "%s:%d: more than %d rows (one row per pp rank expected)", name,
                    nrows + 1, MAX_RANKS);
             goto fail;
         }
@@ -90,7 +82,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
                     break;
                 }
                 if (c == '\0') {
-                    seterr(err, errlen, "%s:%d:%d: NUL byte; expected text", name, nrows + 1, col + 1);
+                    ap_errf(err, errlen, "%s:%d:%d: NUL byte; expected text", name, nrows + 1, col + 1);
                     goto fail;
                 }
                 if (cl + 1 < sizeof cell)
@@ -100,7 +92,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
                 i++;
             }
             if (quoted) {
-                seterr(err, errlen, "%s:%d:%d: unterminated quoted cell; expected a closing '\"'", name,
+                ap_errf(err, errlen, "%s:%d:%d: unterminated quoted cell; expected a closing '\"'", name,
                        nrows + 1, col + 1);
                 goto fail;
             }
@@ -108,12 +100,12 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
             ap_action a;
             char why[256];
             if (overflow) {
-                seterr(err, errlen, "%s:%d:%d: cell too long; expected an action like 0F1 or 1SEND_B0",
+                ap_errf(err, errlen, "%s:%d:%d: cell too long; expected an action like 0F1 or 1SEND_B0",
                        name, nrows + 1, col + 1);
                 goto fail;
             }
             if (ap_action_parse(cell, &a, why, sizeof why)) {
-                seterr(err, errlen, "%s:%d:%d: %s", name, nrows + 1, col + 1, why);
+                ap_errf(err, errlen, "%s:%d:%d: %s", name, nrows + 1, col + 1, why);
                 goto fail;
             }
             if (cl) line_blank = 0;
@@ -133,11 +125,11 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     /* trailing empty lines beyond pp (or all of them when pp is inferred) carry nothing */
     while (nrows > (pp > 0 ? pp : 1) && rows[nrows - 1].n == 0) nrows--;
     if (nrows == 0) {
-        seterr(err, errlen, "%s: no rows; expected one row of actions per pp rank", name);
+        ap_errf(err, errlen, "%s: no rows; expected one row of actions per pp rank", name);
         goto fail;
     }
     if (pp > 0 && nrows != pp) {
-        seterr(err, errlen, "%s: %d rows but pp size is %d; expected one row per pp rank", name, nrows,
+        ap_errf(err, errlen, "%s: %d rows but pp size is %d; expected one row per pp rank", name, nrows,
                pp);
         goto fail;
     }
@@ -154,19 +146,19 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
             if (!ap_act_is_compute(a.type)) lowered = 1;
             if (a.type == AP_ACT_B || a.type == AP_ACT_I || a.type == AP_ACT_W) backward = 1;
             if (microbatches > 0 && a.mb >= microbatches) {
-                seterr(err, errlen, "%s:%d:%d: microbatch %d, but there are %d microbatches (0..%d)",
+                ap_errf(err, errlen, "%s:%d:%d: microbatch %d, but there are %d microbatches (0..%d)",
                        name, r + 1, c + 1, a.mb, microbatches, microbatches - 1);
                 goto fail;
             }
         }
     if (max_stage < 0) {
-        seterr(err, errlen, "%s: no actions; expected F and B (or I and W) cells", name);
+        ap_errf(err, errlen, "%s: no actions; expected F and B (or I and W) cells", name);
         goto fail;
     }
     int num_stages = max_stage + 1;
     if (microbatches <= 0) microbatches = max_mb + 1;
     if ((double)num_stages * microbatches > AP_SCHED_MAX_CELLS) {
-        seterr(err, errlen, "%s: %d stages x %d microbatches is beyond the supported %d", name,
+        ap_errf(err, errlen, "%s: %d stages x %d microbatches is beyond the supported %d", name,
                num_stages, microbatches, AP_SCHED_MAX_CELLS);
         goto fail;
     }
@@ -180,7 +172,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
             ap_action a = rows[r].a[c];
             if (a.type == AP_ACT_NONE) continue;
             if (owner[a.stage] >= 0 && owner[a.stage] != r) {
-                seterr(err, errlen, "%s:%d:%d: stage %d appears on rank %d and on rank %d; a stage "
+                ap_errf(err, errlen, "%s:%d:%d: stage %d appears on rank %d and on rank %d; a stage "
                        "is expected on one rank",
                        name, r + 1, c + 1, a.stage, owner[a.stage], r);
                 goto fail;
@@ -189,12 +181,12 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
         }
     for (int st = 0; st < num_stages; st++)
         if (owner[st] < 0) {
-            seterr(err, errlen, "%s: stage %d appears on no rank (stages 0..%d expected)", name, st,
+            ap_errf(err, errlen, "%s: stage %d appears on no rank (stages 0..%d expected)", name, st,
                    num_stages - 1);
             goto fail;
         }
     if (num_stages % pp) {
-        seterr(err, errlen, "%s: %d stages over %d ranks; expected the same number of stages on every rank",
+        ap_errf(err, errlen, "%s: %d stages over %d ranks; expected the same number of stages on every rank",
                name, num_stages, pp);
         goto fail;
     }
@@ -209,7 +201,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
         int k = 0;
         for (int st = 0; st < num_stages; st++) k += owner[st] == r;
         if (k != num_stages / pp) {
-            seterr(err, errlen, "%s: rank %d holds %d stages, expected %d (the same on every rank)", name,
+            ap_errf(err, errlen, "%s: rank %d holds %d stages, expected %d (the same on every rank)", name,
                    r, k, num_stages / pp);
             goto fail;
         }
@@ -228,7 +220,7 @@ int ap_schedule_parse_csv(ap_schedule **out, const char *text, size_t n, const c
     rv = 0;
     goto fail;
 oom:
-    seterr(err, errlen, "%s: out of memory", name);
+    ap_errf(err, errlen, "%s: out of memory", name);
 fail:
     if (rows)
         for (int r = 0; r < MAX_RANKS; r++) free(rows[r].a);
@@ -243,7 +235,7 @@ int ap_schedule_load_csv(ap_schedule **out, const char *path, int pp, int microb
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     size_t cap = 1 << 16, n = 0;
@@ -262,9 +254,9 @@ int ap_schedule_load_csv(ap_schedule **out, const char *path, int pp, int microb
         if (k == 0) break;
     }
     if (!buf) {
-        seterr(err, errlen, "%s: out of memory", path);
+        ap_errf(err, errlen, "%s: out of memory", path);
     } else if (ferror(f)) {
-        seterr(err, errlen, "%s: read error: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: read error: %s", path, strerror(errno));
     } else {
         rv = ap_schedule_parse_csv(out, buf, n, path, pp, microbatches, err, errlen);
     }
@@ -289,12 +281,12 @@ int ap_schedule_write_csv(const ap_schedule *s, FILE *f) {
 int ap_schedule_dump_csv(const ap_schedule *s, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "w");
     if (!f) {
-        seterr(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
         return -1;
     }
     int rv = ap_schedule_write_csv(s, f);
     if (fclose(f) || rv) {
-        seterr(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        ap_errf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         return -1;
     }
     return 0;

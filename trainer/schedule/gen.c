@@ -5,20 +5,12 @@
  * for the same schedule (its _get_pipeline_order / _calculate_single_rank_
  * operations), idle cells included, so the pictures match; the executor
  * runs the order, not the steps. */
+#include "common/error.h"
 #include "trainer/schedule/schedule.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Generators build into s; a failed push (out of memory) is remembered. */
 typedef struct {
@@ -177,7 +169,7 @@ static int add_bubbles(gen_t *g, char *err, size_t errlen) {
         for (size_t k = 0; k < (size_t)ns * (size_t)m * AP_ACT_NTYPES; k++) seen[k] |= now[k];
         if (!left) break;
         if (!moved) {
-            seterr(err, errlen, "%s: generated order cannot progress (internal error)",
+            ap_errf(err, errlen, "%s: generated order cannot progress (internal error)",
                    ap_schedule_kind_name(in->kind));
             goto out;
         }
@@ -245,7 +237,7 @@ int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *
     ap_schedule *s = ap_schedule_new(train->pp, train->num_stages, train->microbatches, train->style,
                                      train->kind);
     if (!s) {
-        seterr(err, errlen, "out of memory");
+        ap_errf(err, errlen, "out of memory");
         return -1;
     }
     s->stages_per_rank = train->stages_per_rank;
@@ -254,7 +246,7 @@ int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *
     for (int r = 0; r < train->pp; r++)
         for (int i = 0; i < train->len[r]; i++)
             if (train->acts[r][i].type == AP_ACT_F && ap_schedule_push(s, r, train->acts[r][i])) {
-                seterr(err, errlen, "out of memory");
+                ap_errf(err, errlen, "out of memory");
                 ap_schedule_free(s);
                 return -1;
             }
@@ -269,16 +261,16 @@ int ap_schedule_forward_only(ap_schedule **out, const ap_schedule *train, char *
 int ap_schedule_check_batch(int batch_size, int microbatch_size, int *n_microbatches, char *err,
                             size_t errlen) {
     if (batch_size < 1) {
-        seterr(err, errlen, "dataloader.batch_size is %d; expected a positive sample count", batch_size);
+        ap_errf(err, errlen, "dataloader.batch_size is %d; expected a positive sample count", batch_size);
         return -1;
     }
     if (microbatch_size < 1) {
-        seterr(err, errlen, "autopipeline.pp_microbatch_size is %d; expected a positive sample count",
+        ap_errf(err, errlen, "autopipeline.pp_microbatch_size is %d; expected a positive sample count",
                microbatch_size);
         return -1;
     }
     if (batch_size % microbatch_size) {
-        seterr(err, errlen,
+        ap_errf(err, errlen,
                "dataloader.batch_size %d is not divisible by autopipeline.pp_microbatch_size %d; "
                "expected a multiple (e.g. batch_size %d)",
                batch_size, microbatch_size, (batch_size / microbatch_size + 1) * microbatch_size);
@@ -295,27 +287,27 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
     if (csv_path && *csv_path) {
         kind = AP_SCHED_CSV;
     } else if (!name || ap_schedule_parse_name(name, &kind)) {
-        seterr(err, errlen,
+        ap_errf(err, errlen,
                "unknown schedule '%s'; expected one of gpipe, 1f1b, interleaved_1f1b, looped_bfs, "
                "interleaved_zb, zbv (or GPipe, 1F1B, Interleaved1F1B, LoopedBFS, "
                "InterleavedZeroBubble, ZBVZeroBubble), or a pp_schedule_csv file",
                name ? name : "(none)");
         return -1;
     } else if (kind == AP_SCHED_CSV) {
-        seterr(err, errlen, "schedule pp_schedule_csv needs a CSV file (autopipeline.pp_schedule_csv / --csv)");
+        ap_errf(err, errlen, "schedule pp_schedule_csv needs a CSV file (autopipeline.pp_schedule_csv / --csv)");
         return -1;
     }
     if (kind == AP_SCHED_CSV) {
         ap_schedule *s;
         if (ap_schedule_load_csv(&s, csv_path, pp, microbatches, err, errlen)) return -1;
         if (stages_per_rank > 0 && s->stages_per_rank != stages_per_rank) {
-            seterr(err, errlen, "%s: %d stages per rank in the file, but stages_per_rank is %d", csv_path,
+            ap_errf(err, errlen, "%s: %d stages per rank in the file, but stages_per_rank is %d", csv_path,
                    s->stages_per_rank, stages_per_rank);
             ap_schedule_free(s);
             return -1;
         }
         if (s->forward_only) {
-            seterr(err, errlen, "%s: no B, I or W actions: a forward-only schedule cannot train; "
+            ap_errf(err, errlen, "%s: no B, I or W actions: a forward-only schedule cannot train; "
                    "pp_schedule_csv expects a training schedule", csv_path);
             ap_schedule_free(s);
             return -1;
@@ -330,35 +322,35 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
     const char *kn = ap_schedule_kind_name(kind);
     int single = kind == AP_SCHED_GPIPE || kind == AP_SCHED_1F1B;
     if (pp < 1) {
-        seterr(err, errlen, "%s: pp size %d; expected at least 1", kn, pp);
+        ap_errf(err, errlen, "%s: pp size %d; expected at least 1", kn, pp);
         return -1;
     }
     if (microbatches < 1) {
-        seterr(err, errlen, "%s: %d microbatches; expected at least 1", kn, microbatches);
+        ap_errf(err, errlen, "%s: %d microbatches; expected at least 1", kn, microbatches);
         return -1;
     }
     if (stages_per_rank <= 0) stages_per_rank = single ? 1 : 2;
     if (single && stages_per_rank != 1) {
-        seterr(err, errlen,
+        ap_errf(err, errlen,
                "%s runs one stage per rank, but stages_per_rank is %d; use interleaved_1f1b, "
                "looped_bfs, interleaved_zb or zbv for several",
                kn, stages_per_rank);
         return -1;
     }
     if (kind == AP_SCHED_ZBV && stages_per_rank != 2) {
-        seterr(err, errlen, "zbv places stages in a V and needs exactly 2 stages per rank, got %d",
+        ap_errf(err, errlen, "zbv places stages in a V and needs exactly 2 stages per rank, got %d",
                stages_per_rank);
         return -1;
     }
     if (stages_per_rank > 64 || pp > 4096 || microbatches > 100000 ||
         (double)pp * stages_per_rank * microbatches > AP_SCHED_MAX_CELLS) {
-        seterr(err, errlen, "%s: pp %d x %d stages per rank x %d microbatches is beyond the supported "
+        ap_errf(err, errlen, "%s: pp %d x %d stages per rank x %d microbatches is beyond the supported "
                "range (pp <= 4096, stages per rank <= 64, microbatches <= 100000, stages x microbatches <= %d)",
                kn, pp, stages_per_rank, microbatches, AP_SCHED_MAX_CELLS);
         return -1;
     }
     if (kind == AP_SCHED_1F1B && microbatches < pp) {
-        seterr(err, errlen,
+        ap_errf(err, errlen,
                "1f1b needs at least as many microbatches as pp ranks: %d microbatches < pp %d "
                "(raise dataloader.batch_size / lower pp_microbatch_size, or use gpipe)",
                microbatches, pp);
@@ -367,7 +359,7 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
     if (kind == AP_SCHED_INTERLEAVED_1F1B || kind == AP_SCHED_INTERLEAVED_ZB) {
         int rounds = microbatches / pp > 1 ? microbatches / pp : 1;
         if (microbatches % rounds) {
-            seterr(err, errlen,
+            ap_errf(err, errlen,
                    "%s runs microbatches in rounds of about pp (%d rounds of %d for %d microbatches "
                    "on pp %d); the microbatch count must be a multiple of the rounds (%d): use %d or %d",
                    kn, rounds, microbatches / rounds, microbatches, pp, rounds,
@@ -378,7 +370,7 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
     int style = kind == AP_SCHED_ZBV ? AP_STYLE_V : AP_STYLE_LOOP;
     gen_t g = {ap_schedule_new(pp, pp * stages_per_rank, microbatches, style, kind), 0};
     if (!g.s) {
-        seterr(err, errlen, "%s: out of memory", kn);
+        ap_errf(err, errlen, "%s: out of memory", kn);
         return -1;
     }
     switch (kind) {
@@ -399,7 +391,7 @@ int ap_schedule_generate(ap_schedule **out, const char *name, const char *csv_pa
     default: break;
     }
     if (g.oom) {
-        seterr(err, errlen, "%s: out of memory", kn);
+        ap_errf(err, errlen, "%s: out of memory", kn);
         ap_schedule_free(g.s);
         return -1;
     }

@@ -1,4 +1,5 @@
 /* ir.c - the schedule IR: actions, their text form, names, placement, grid. */
+#include "common/error.h"
 #include "trainer/schedule/schedule.h"
 
 #include <ctype.h>
@@ -132,15 +133,6 @@ int ap_action_format(char *buf, size_t len, ap_action a) {
     return snprintf(buf, len, "%d%s%d", a.stage, ap_act_type_name(a.type), a.mb);
 }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Reads a bounded non-negative decimal; returns digits consumed, 0 if none, -1 if too large. */
 static int read_uint(const char *p, int *out) {
     long v = 0;
@@ -163,14 +155,14 @@ int ap_action_parse(const char *text, ap_action *out, char *err, size_t errlen) 
     if (n == 0) return 0;
     char cell[64];
     if (n >= sizeof cell) {
-        seterr(err, errlen, "cell of %zu characters; expected an action like 0F1 or 1SEND_B0", n);
+        ap_errf(err, errlen, "cell of %zu characters; expected an action like 0F1 or 1SEND_B0", n);
         return -1;
     }
     memcpy(cell, p, n);
     cell[n] = '\0';
     int stage, mb, k = read_uint(cell, &stage);
     if (k <= 0) {
-        seterr(err, errlen, "'%s': expected a stage number first, as in 0F1 or 1SEND_B0", cell);
+        ap_errf(err, errlen, "'%s': expected a stage number first, as in 0F1 or 1SEND_B0", cell);
         return -1;
     }
     const char *t = cell + k;
@@ -184,7 +176,7 @@ int ap_action_parse(const char *text, ap_action *out, char *err, size_t errlen) 
             const char *rest = t + l;
             while (isdigit((unsigned char)*rest)) rest++;
             if (*rest) {
-                seterr(err, errlen, "'%s': unexpected '%s' after %s", cell, rest, noops[q]);
+                ap_errf(err, errlen, "'%s': unexpected '%s' after %s", cell, rest, noops[q]);
                 return -1;
             }
             return 0;
@@ -202,7 +194,7 @@ int ap_action_parse(const char *text, ap_action *out, char *err, size_t errlen) 
         }
     }
     if (type == AP_ACT_NONE) {
-        seterr(err, errlen,
+        ap_errf(err, errlen,
                "'%s': expected an action type F, B, I, W, SEND_F, RECV_F, SEND_B or RECV_B after the "
                "stage (OVERLAP_F_B, as in DualPipeV, is not supported)",
                cell);
@@ -210,11 +202,11 @@ int ap_action_parse(const char *text, ap_action *out, char *err, size_t errlen) 
     }
     int m = read_uint(t + tl, &mb);
     if (m <= 0) {
-        seterr(err, errlen, "'%s': expected a microbatch number after %s", cell, type_names[type]);
+        ap_errf(err, errlen, "'%s': expected a microbatch number after %s", cell, type_names[type]);
         return -1;
     }
     if (t[tl + m] != '\0') {
-        seterr(err, errlen, "'%s': unexpected '%s' after the microbatch number", cell, t + tl + m);
+        ap_errf(err, errlen, "'%s': unexpected '%s' after the microbatch number", cell, t + tl + m);
         return -1;
     }
     *out = (ap_action){type, stage, mb};
