@@ -63,6 +63,25 @@ done
 [ "$ntr" = 4 ]
 check $? "logging.trace_dir: a Chrome trace per rank with F events"
 
+# autopipeline.scale_grads_in_schedule: SFT examples of 3..31 tokens, so microbatches differ in label count
+awk 'BEGIN { for (i = 0; i < 160; i++) { n = 3 + (i * 7) % 29; s = "{\"input_ids\": [";
+             for (t = 0; t < n; t++) s = s (t ? ", " : "") 32 + (i * 31 + t * 17) % 90; print s "]}" } }' \
+    >"$tmp/sft.jsonl"
+sft="--dataset.path_or_dataset $tmp/sft.jsonl --dataloader.batch_size 8 --autopipeline.pp_microbatch_size 2"
+$AUTOPIPE train $common $sft --distributed.pp_size 1 --logging.metrics_file "$tmp/sft_tok.jsonl" \
+    >"$tmp/sft_tok.out" 2>&1
+rc_tok=$?
+$AUTOPIPE train $common $sft --distributed.pp_size 1 --autopipeline.scale_grads_in_schedule true \
+    --logging.metrics_file "$tmp/sft_ref.jsonl" >"$tmp/sft_ref.out" 2>&1
+check $? "one process trains SFT data with scale_grads_in_schedule (reference)"
+$MPIRUN -np 2 $AUTOPIPE train $common $sft --distributed.pp_size 2 --autopipeline.pp_schedule 1f1b \
+    --autopipeline.scale_grads_in_schedule true --logging.metrics_file "$tmp/sft_pp2.jsonl" >"$tmp/sft_pp2.out" 2>&1
+check $? "mpirun -np 2 autopipe train with scale_grads_in_schedule runs"
+same "$tmp/sft_ref.jsonl" "$tmp/sft_pp2.jsonl" && ! grep -q "note: autopipeline.scale_grads_in_schedule" "$tmp/sft_pp2.out"
+check $? "pp 2 1f1b, scale_grads_in_schedule: per-step loss, grad norm and val loss equal one process"
+[ "$rc_tok" = 0 ] && ! same "$tmp/sft_tok.jsonl" "$tmp/sft_ref.jsonl" >/dev/null
+check $? "scale_grads_in_schedule trains differently from the default token-count scaling on such data"
+
 $MPIRUN -np 3 $AUTOPIPE train $common --distributed.pp_size 2 >"$tmp/bad.out" 2>&1
 rc=$?
 [ "$rc" = 2 ] && grep -q "pp" "$tmp/bad.out"

@@ -76,6 +76,16 @@ static int hook_resume(void *ctx, ap_train_state *st, int *resumed, char *err, s
     return 0;
 }
 
+/* An engine that counts the forward calls of validation and their microbatches. */
+static int fwd_calls, fwd_micro_max;
+static int (*inner_forward)(ap_step_engine *, const ap_step_batch *, double *, long *, char *, size_t);
+static int counting_forward(ap_step_engine *e, const ap_step_batch *b, double *loss_sum, long *n_tokens, char *err,
+                            size_t errlen) {
+    fwd_calls++;
+    if (b->n_micro > fwd_micro_max) fwd_micro_max = b->n_micro;
+    return inner_forward(e, b, loss_sum, n_tokens, err, errlen);
+}
+
 int main(void) {
     char err[512];
     const int T = 32;
@@ -230,6 +240,81 @@ int main(void) {
     ok(steps == 5 && vals == 1, "metrics JSONL: 5 step lines, 1 validation line (%d, %d)", steps, vals);
     unlink(path);
     rmdir(dir);
+
+    /* 8. validation hands the engine n_micro microbatches per call; same loss as one per call */
+    {
+        ap_dataset *v13 = NULL;
+        int sl = ap_dataset_len(va) >= 13 && ap_dataset_slice(&v13, va, 0, 13, err, sizeof err) == 0;
+        ap_stage *sv = tiny_stage_create(AP_BYTE_VOCAB, 16, 2, T, 7);
+        ap_step_engine ev;
+        ap_step_engine_single(&ev, &sv);
+        inner_forward = ev.forward;
+        ev.forward = counting_forward;
+        double l1 = NAN, l4 = NAN;
+        long n1 = -1, n4 = -2;
+        int r1 = sl ? ap_eval_loss(&ev, v13, 2, &l1, &n1, err, sizeof err) : -1;
+        int calls1 = fwd_calls;
+        fwd_calls = fwd_micro_max = 0;
+        int r4 = sl ? ap_eval_loss_batched(&ev, v13, 4, 2, &l4, &n4, err, sizeof err) : -1;
+        ok(r1 == 0 && calls1 == 7, "13 validation samples, microbatch 2, one per call: 7 forward calls (%d)", calls1);
+        ok(r4 == 0 && fwd_calls == 2 && fwd_micro_max == 4,
+           "4 microbatches per call: 2 forward calls (%d), the first with 4 microbatches (%d)", fwd_calls,
+           fwd_micro_max);
+        ok(r1 == 0 && r4 == 0 && n1 == n4 && n1 > 0 && fabs(l1 - l4) <= 1e-12 * fabs(l1),
+           "same validation loss either way (%.9f over %ld, %.9f over %ld)", l1, n1, l4, n4);
+        ok(ap_eval_loss_batched(&ev, v13, 0, 2, &l4, &n4, err, sizeof err) < 0 && strstr(err, "microbatches"),
+           "0 microbatches per call refused: %s", err);
+        ap_stage_destroy(sv);
+        ap_dataset_free(v13);
+    }
+
+    /* 9. scale_grads_in_schedule (per-microbatch means averaged over microbatches): with
+     * every microbatch fully labelled it equals the token mean, and accumulation is
+     * transparent; the default and it differ once microbatches differ in label count */
+    {
+        ap_train_opts d0 = base_opts(T), d1 = base_opts(T), d2 = base_opts(T);
+        d0.max_steps = d1.max_steps = d2.max_steps = 3;
+        d1.scale_grads_in_schedule = d2.scale_grads_in_schedule = 1;
+        d2.batch_size = 4;
+        d2.grad_acc_steps = 2;
+        ap_train_result q0, q1, q2;
+        int e0, e1, e2;
+        ap_stage *t0 = run(&d0, tr, &q0, err, sizeof err, &e0), *t1 = run(&d1, tr, &q1, err, sizeof err, &e1),
+                 *t2 = run(&d2, tr, &q2, err, sizeof err, &e2);
+        double p01 = max_abs_diff(t0->params, t1->params, t0->n_params);
+        double p12 = max_abs_diff(t1->params, t2->params, t1->n_params);
+        ok(e0 == 0 && e1 == 0 && fabs(q0.last_loss - q1.last_loss) <= 1e-6 && p01 <= 1e-6,
+           "scale_grads_in_schedule, full labels: same as the token mean (param diff %.2e)", p01);
+        ok(e1 == 0 && e2 == 0 && fabs(q1.last_loss - q2.last_loss) <= 1e-6 && p12 <= 1e-6,
+           "scale_grads_in_schedule: grad_acc 2 x batch 4 == batch 8 (param diff %.2e)", p12);
+        ap_stage_destroy(t0);
+        ap_stage_destroy(t1);
+        ap_stage_destroy(t2);
+        /* two microbatches of one sample: 31 labels and 5 labels */
+        ap_stage *u = tiny_stage_create(AP_BYTE_VOCAB, 16, 1, T, 7);
+        ap_step_engine eu;
+        ap_step_engine_single(&eu, &u);
+        int32_t tk[2 * 32], lb[2 * 32];
+        for (int i = 0; i < 2 * T; i++) {
+            tk[i] = (i * 37 + 11) % 256;
+            lb[i] = (i < T - 1) || (i >= T && i < T + 5) ? (i * 53 + 7) % 256 : AP_IGNORE_INDEX;
+        }
+        double ls0 = 0, ls1 = 0;
+        long nt0 = 0, nt1 = 0;
+        ap_step_batch b0 = {2, 1, T, tk, lb, 0}, b1 = {2, 1, T, tk, lb, 1};
+        memset(u->grads, 0, u->n_params * sizeof(float));
+        int f0 = eu.forward_backward(&eu, &b0, 1.0f / 36, &ls0, &nt0, err, sizeof err);
+        float *g0 = malloc(u->n_params * sizeof(float));
+        memcpy(g0, u->grads, u->n_params * sizeof(float));
+        memset(u->grads, 0, u->n_params * sizeof(float));
+        int f1 = eu.forward_backward(&eu, &b1, 0.5f, &ls1, &nt1, err, sizeof err);
+        double gd = max_abs_diff(g0, u->grads, u->n_params);
+        ok(f0 == 0 && f1 == 0 && nt0 == 36 && nt1 == 2 && fabs(ls0 / 36 - ls1 / 2) > 1e-4 && gd > 1e-6,
+           "microbatches of 31 and 5 labels: token mean %.5f != mean of microbatch means %.5f, grads differ (%.2e)",
+           ls0 / 36, ls1 / 2, gd);
+        free(g0);
+        ap_stage_destroy(u);
+    }
 
     ap_dataset_free(all);
     ap_dataset_free(tr);

@@ -1,6 +1,8 @@
 /* executor.c - one rank's part of a pipeline step: see executor.h. */
 #include "trainer/executor.h"
 
+#include "kernels/kernels.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -631,9 +633,9 @@ int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const i
         const ap_stage *last = ex->ls[ex->local_of[ex->cfg.num_stages - 1]].st;
         size_t bt = (size_t)last->B * last->T;
         for (int m = 0; m < ex->nmb; m++) {
-            if (ex->cfg.scale_grads_in_schedule) { /* mean of the microbatch, then / microbatches (and dp ranks) */
+            if (ex->cfg.scale_grads_in_schedule) { /* the microbatch's mean, weighted by dloss */
                 long nm = count_labels(labels + (size_t)m * bt, bt);
-                dl[m] = nm ? (float)(1.0 / ((double)nm * ex->nmb * ex->dp_size)) : 0.0f;
+                dl[m] = nm ? (float)((double)dloss / (double)nm) : 0.0f;
             } else {
                 dl[m] = dloss;
             }
@@ -712,8 +714,9 @@ int ap_executor_step(ap_executor *ex, const int32_t *tokens, const int32_t *labe
     long N = total_tokens > 0 ? total_tokens : ap_executor_count_labels(ex, labels);
     double num = 0;
     long den = 0;
-    if (ap_executor_forward_backward(ex, tokens, labels, N > 0 ? (float)(1.0 / (double)N) : 0.0f, sync_grads, &num,
-                                     &den, err, errlen))
+    /* scale_grads_in_schedule: each microbatch mean weighs 1 / (microbatches x dp ranks) */
+    double w = ex->cfg.scale_grads_in_schedule ? 1.0 / ((double)ex->nmb * ex->dp_size) : N > 0 ? 1.0 / (double)N : 0;
+    if (ap_executor_forward_backward(ex, tokens, labels, (float)w, sync_grads, &num, &den, err, errlen))
         return -1;
     if (sync_grads && ap_executor_sync_grads(ex, err, errlen)) return -1;
     double loss = reduce_loss(ex, num, (double)den);
@@ -741,27 +744,36 @@ int ap_executor_eval(ap_executor *ex, const int32_t *tokens, const int32_t *labe
     return 0;
 }
 
-double ap_executor_clip_grad_norm(ap_executor *ex, double max_norm, double norm_type) {
-    int inf = isinf(norm_type);
+/* acc combined with the sum of squares (or max |g|) of g[0..n): a NaN stays. */
+static double norm_part(double acc, const float *g, size_t n, int inf) {
+    if (!n) return acc;
+    if (!inf) return acc + ap_sumsq(g, n);
+    double a = (double)ap_absmax(g, n);
+    return isnan(a) || isnan(acc) ? NAN : fmax(acc, a);
+}
+
+double ap_executor_grad_sumsq(const ap_executor *ex, int inf) {
     double acc = 0;
     for (int li = 0; li < ex->n_local; li++) {
-        lstage *l = &ex->ls[li];
+        const lstage *l = &ex->ls[li];
         const float *g = l->st->grads;
-        const float *skip0 = NULL, *skip1 = NULL;
-        if (l->n_tied_skip && l->tied) { /* the last stage's copy of a tied tensor counts once */
-            skip0 = l->tied->grad;
-            skip1 = l->tied->grad + l->tied->numel;
-        }
-        for (size_t i = 0; i < l->st->n_params; i++) {
-            if (g + i >= skip0 && g + i < skip1) continue;
-            double v = g[i];
-            if (inf) {
-                if (fabs(v) > acc) acc = fabs(v);
-            } else {
-                acc += v * v;
-            }
+        size_t n = l->st->n_params;
+        const ap_param_ref *t = l->n_tied_skip ? l->tied : NULL;
+        if (t && t->grad >= g && t->grad + t->numel <= g + n) {
+            /* the last stage's copy of a tied tensor: the first stage counts it */
+            size_t a = (size_t)(t->grad - g), b = a + t->numel;
+            acc = norm_part(acc, g, a, inf);
+            acc = norm_part(acc, g + b, n - b, inf);
+        } else {
+            acc = norm_part(acc, g, n, inf);
         }
     }
+    return acc;
+}
+
+double ap_executor_clip_grad_norm(ap_executor *ex, double max_norm, double norm_type) {
+    int inf = isinf(norm_type);
+    double acc = ap_executor_grad_sumsq(ex, inf);
     MPI_Allreduce(MPI_IN_PLACE, &acc, 1, MPI_DOUBLE, inf ? MPI_MAX : MPI_SUM, ex->cfg.pp_comm);
     double norm = inf ? acc : sqrt(acc);
     if (max_norm > 0) {
@@ -786,15 +798,7 @@ void ap_executor_scale_grads_by_divisor(ap_executor *ex, double divisor) {
     }
 }
 
-double ap_executor_tied_copy_sumsq(const ap_executor *ex) {
-    double acc = 0;
-    for (int li = 0; li < ex->n_local; li++) {
-        const lstage *l = &ex->ls[li];
-        if (!l->n_tied_skip || !l->tied) continue;
-        for (size_t i = 0; i < l->tied->numel; i++) acc += (double)l->tied->grad[i] * l->tied->grad[i];
-    }
-    return acc;
-}
+int ap_executor_scale_in_schedule(const ap_executor *ex) { return ex->cfg.scale_grads_in_schedule; }
 
 int ap_executor_action_cost(const ap_executor *ex, int stage, int type, double *mean_s) {
     if (stage < 0 || stage >= ex->cfg.num_stages || ex->local_of[stage] < 0 || type <= AP_ACT_NONE ||

@@ -74,7 +74,10 @@ void ap_executor_destroy(ap_executor *ex);
  * the first stage, labels only when it holds the last (either may be NULL
  * otherwise). Grads accumulate (+=). dloss: the gradient of the loss w.r.t.
  * its sum (1 / label tokens of the whole optimizer step over all dp ranks);
- * ignored with scale_grads_in_schedule. last_of_step: start each stage's dp
+ * with scale_grads_in_schedule the weight of one microbatch's mean loss
+ * (1 / microbatches of the whole step over all dp ranks): a microbatch of
+ * n_m label tokens runs backward with dloss / n_m (0 when n_m = 0).
+ * last_of_step: start each stage's dp
  * all-reduce as soon as its last backward is done. Adds this rank's summed
  * loss and label count (the last stage's; per-microbatch means and
  * microbatches with scale_grads_in_schedule) to *loss_sum, *n_tokens. */
@@ -97,7 +100,7 @@ int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *l
 
 /* A whole step on top of the above: zero grads (zero_grads), count labels
  * over dp (total_tokens <= 0) or take total_tokens, forward_backward with
- * dloss = 1/N, sync (sync_grads), and the global mean loss and bubble
+ * dloss = 1/N (scale_grads_in_schedule: 1 / (microbatches x dp)), sync (sync_grads), and the global mean loss and bubble
  * figures in *st on every rank. */
 int ap_executor_step(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int zero_grads,
                      int sync_grads, long total_tokens, ap_step_stats *st, char *err, size_t errlen);
@@ -117,10 +120,15 @@ int ap_executor_eval(ap_executor *ex, const int32_t *tokens, const int32_t *labe
  * Identical on every rank. Returns the norm before clipping. */
 double ap_executor_clip_grad_norm(ap_executor *ex, double max_norm, double norm_type);
 
-/* Sum of squares of this rank's tied-embedding copy on the last stage (0
- * when this rank holds none, or the first and last stage are one stage):
- * what a norm over every local gradient counts twice. */
-double ap_executor_tied_copy_sumsq(const ap_executor *ex);
+/* This rank's share of the global gradient norm: the sum of squares (inf:
+ * the max |g|) of every local gradient, leaving out the last stage's copy of
+ * a tied embedding (the first stage counts the tensor). NaN propagates. Sum
+ * (max) it over pp for the norm: dp replicas hold equal grads after
+ * sync_grads. What clip_grad_norm and the loop's pipeline engine use. */
+double ap_executor_grad_sumsq(const ap_executor *ex, int inf);
+
+/* 1 when created with scale_grads_in_schedule. */
+int ap_executor_scale_in_schedule(const ap_executor *ex);
 
 /* Mean measured time (s) of the compute actions of `type` (F, B, I, W) of a
  * local stage over the training steps so far (timing includes waits for a

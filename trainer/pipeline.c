@@ -26,6 +26,11 @@ static int pe_forward_backward(ap_step_engine *e, const ap_step_batch *b, float 
                  pe->n_micro, pe->B, b->n_micro, b->mb);
         return -1;
     }
+    if (b->mean_per_micro != ap_executor_scale_in_schedule(pe->ex)) {
+        snprintf(err, errlen, "pipeline: the loop %s scale_grads_in_schedule but the executor was created %s it",
+                 b->mean_per_micro ? "asks for" : "does not use", b->mean_per_micro ? "without" : "with");
+        return -1;
+    }
     int last = ++pe->calls >= pe->grad_acc_steps; /* start the dp all-reduce during the last batch */
     return ap_executor_forward_backward(pe->ex, b->tokens, b->labels, dloss, last, loss_sum, n_tokens, err, errlen);
 }
@@ -45,19 +50,17 @@ static int pe_sync(ap_step_engine *e, char *err, size_t errlen) {
     pe->calls = 0;
     if (ap_executor_sync_grads(pe->ex, err, errlen)) return -1;
     ap_executor_last_bubble(pe->ex, &pe->step_s, &pe->wait_s);
-    pe->norm_pending = 1;
     return 0;
+}
+
+static double pe_grad_sumsq(ap_step_engine *e, int norm_inf) {
+    return ap_executor_grad_sumsq(((ap_pipeline_engine *)e)->ex, norm_inf);
 }
 
 static int pe_allreduce(ap_step_engine *e, double *v, int n, int op_max, enum ap_reduce_scope scope, char *err,
                         size_t errlen) {
     ap_pipeline_engine *pe = (ap_pipeline_engine *)e;
     (void)err, (void)errlen;
-    if (scope == AP_REDUCE_MODEL && pe->norm_pending && n == 1) {
-        /* the grad norm: a tied copy counts once (the max needs nothing: the copies are equal) */
-        if (!op_max) v[0] -= ap_executor_tied_copy_sumsq(pe->ex);
-        pe->norm_pending = 0;
-    }
     MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, op_max ? MPI_MAX : MPI_SUM,
                   scope == AP_REDUCE_MODEL ? pe->pp : pe->all);
     return 0;
@@ -71,6 +74,7 @@ void ap_pipeline_engine_init(ap_pipeline_engine *pe, ap_executor *ex, ap_stage *
     pe->e.forward_backward = pe_forward_backward;
     pe->e.forward = pe_forward;
     pe->e.sync_grads = pe_sync;
+    pe->e.grad_sumsq = pe_grad_sumsq;
     pe->e.allreduce = pe_allreduce;
     pe->e.bubble = pe_bubble;
     pe->e.stages = stages;
@@ -207,10 +211,6 @@ int ap_pipeline_create(ap_pipeline **out, const ap_config *cfg, const ap_model_c
     }
     if (world_rank == 0) {
         ap_plan_print(stdout, &c2, mc, &p->split, 8);
-        if (cfg->autopipeline.scale_grads_in_schedule)
-            printf("note: autopipeline.scale_grads_in_schedule is set, but `autopipe train` scales by the label-token "
-                   "count of the whole step (gradients identical to one process); the per-microbatch mean is "
-                   "ap_executor_config.scale_grads_in_schedule\n");
         fflush(stdout);
     }
     int ids[AP_PIPE_MAX_LOCAL];
@@ -283,7 +283,7 @@ built:
                              .num_microbatches = p->sched->microbatches,
                              .actions = p->sched->acts[pp_rank2],
                              .n_actions = p->sched->len[pp_rank2],
-                             .scale_grads_in_schedule = 0, /* the loop scales by 1/N (see docs/executor.md) */
+                             .scale_grads_in_schedule = cfg->autopipeline.scale_grads_in_schedule,
                              .tie_word_embeddings = mc->tie_word_embeddings && p->family->can_tie,
                              .trace_path = p->trace_path[0] ? p->trace_path : NULL};
     failed = ap_executor_create(&p->ex, &ec, err, errlen) != 0;

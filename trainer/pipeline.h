@@ -6,11 +6,13 @@
  *   forward          -> ap_executor_forward (the schedule's forward order)
  *   sync_grads       -> dp all-reduce (started per stage during the schedule)
  *                       and the tied-embedding sum
+ *   grad_sumsq       -> ap_executor_grad_sumsq (the rank's share of the
+ *                       grad norm; a tied embedding's copy on the last
+ *                       stage left out, so the tensor counts once)
  *   allreduce        -> MODEL: the pp group; ALL: every rank of pp x dp
  *
- * The loop sums the squares of every local gradient for the norm; a tied
- * embedding's copy on the last stage would count twice, so the engine takes
- * the copy's share out of the first MODEL sum after sync_grads (the norm). */
+ * The loop's scale_grads_in_schedule (ap_step_batch.mean_per_micro) must
+ * match the executor's (ap_executor_config.scale_grads_in_schedule). */
 #ifndef AP_PIPELINE_H
 #define AP_PIPELINE_H
 
@@ -26,7 +28,6 @@ typedef struct {
     MPI_Comm pp, all;      /* pp group; every rank of the pp x dp mesh */
     int n_micro, B;        /* what every forward_backward batch must be */
     int grad_acc_steps, calls;
-    int norm_pending;      /* the next MODEL sum of one value is the grad norm */
     double step_s, wait_s; /* of the last step on this rank */
 } ap_pipeline_engine;
 

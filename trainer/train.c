@@ -24,11 +24,23 @@ static int single_forward_backward(ap_step_engine *e, const ap_step_batch *b, fl
     ap_stage *s = e->stages[0];
     size_t n = (size_t)b->mb * (size_t)b->T;
     for (int m = 0; m < b->n_micro; m++) {
-        if (s->ops->forward(s, 0, b->tokens + m * n, NULL, NULL, b->labels + m * n, loss_sum, n_tokens) != 0 ||
-            s->ops->backward(s, 0, NULL, dloss, NULL) != 0) {
-            snprintf(err, errlen, "%s", stage_msg("forward/backward", m));
-            return -1;
+        double ls = 0;
+        long nt = 0;
+        if (s->ops->forward(s, 0, b->tokens + m * n, NULL, NULL, b->labels + m * n, &ls, &nt) != 0) goto fail;
+        float dl = dloss;
+        if (b->mean_per_micro) { /* this microbatch's mean, weighted by dloss (as the executor does) */
+            dl = nt ? (float)((double)dloss / (double)nt) : 0.0f;
+            *loss_sum += nt ? ls / (double)nt : 0.0;
+            *n_tokens += 1;
+        } else {
+            *loss_sum += ls;
+            *n_tokens += nt;
         }
+        if (s->ops->backward(s, 0, NULL, dl, NULL) != 0) goto fail;
+        continue;
+    fail:
+        snprintf(err, errlen, "%s", stage_msg("forward/backward", m));
+        return -1;
     }
     return 0;
 }
@@ -57,6 +69,21 @@ void ap_step_engine_single(ap_step_engine *e, ap_stage **stage) {
 static int reduce(ap_step_engine *e, double *v, int n, int op_max, enum ap_reduce_scope scope, char *err,
                   size_t errlen) {
     return e->allreduce ? e->allreduce(e, v, n, op_max, scope, err, errlen) : 0;
+}
+
+/* Every gradient of the engine's stages: sum of squares, or max |g|. */
+static double stages_grad_sumsq(ap_step_engine *e, int norm_inf) {
+    double acc = 0;
+    for (int i = 0; i < e->n_stages; i++) {
+        const ap_stage *s = e->stages[i];
+        if (norm_inf) {
+            double a = (double)ap_absmax(s->grads, s->n_params);
+            acc = isnan(a) || isnan(acc) ? NAN : fmax(acc, a); /* fmax would drop a NaN */
+        } else {
+            acc += ap_sumsq(s->grads, s->n_params);
+        }
+    }
+    return acc;
 }
 
 /* ---- AdamW state (the update is kernels' ap_adamw_update, torch.optim.AdamW semantics) ---- */
@@ -140,8 +167,17 @@ static int check_opts(const ap_train_opts *o, const ap_step_engine *e, char *err
 
 int ap_eval_loss(ap_step_engine *e, const ap_dataset *d, int mb, double *mean_loss, long *n_tokens, char *err,
                  size_t errlen) {
-    size_t T = (size_t)ap_dataset_seq_len(d), n = ap_dataset_len(d);
-    int32_t *tok = malloc((size_t)mb * T * sizeof *tok), *lab = malloc((size_t)mb * T * sizeof *lab);
+    return ap_eval_loss_batched(e, d, 1, mb, mean_loss, n_tokens, err, errlen);
+}
+
+int ap_eval_loss_batched(ap_step_engine *e, const ap_dataset *d, int n_micro, int mb, double *mean_loss,
+                         long *n_tokens, char *err, size_t errlen) {
+    if (n_micro < 1 || mb < 1) {
+        snprintf(err, errlen, "validation: %d microbatches of %d samples per call (need >= 1 each)", n_micro, mb);
+        return -1;
+    }
+    size_t T = (size_t)ap_dataset_seq_len(d), n = ap_dataset_len(d), rows = (size_t)n_micro * (size_t)mb;
+    int32_t *tok = malloc(rows * T * sizeof *tok), *lab = malloc(rows * T * sizeof *lab);
     if (!tok || !lab) {
         free(tok);
         free(lab);
@@ -151,8 +187,10 @@ int ap_eval_loss(ap_step_engine *e, const ap_dataset *d, int mb, double *mean_lo
     double loss = 0;
     long count = 0;
     int rv = 0;
-    for (size_t i = 0; i < n && rv == 0; i += (size_t)mb) {
-        for (size_t b = 0; b < (size_t)mb; b++) {
+    for (size_t i = 0; i < n && rv == 0; i += rows) {
+        /* whole microbatches of what is left (a pipeline runs them in one round trip) */
+        size_t left = n - i, nm = left >= rows ? (size_t)n_micro : (left + (size_t)mb - 1) / (size_t)mb;
+        for (size_t b = 0; b < nm * (size_t)mb; b++) {
             if (i + b < n) {
                 ap_dataset_get(d, i + b, tok + b * T, lab + b * T);
             } else { /* the stage takes whole microbatches: pad rows carry no labels */
@@ -162,7 +200,7 @@ int ap_eval_loss(ap_step_engine *e, const ap_dataset *d, int mb, double *mean_lo
                 }
             }
         }
-        ap_step_batch batch = {1, mb, (int)T, tok, lab};
+        ap_step_batch batch = {(int)nm, mb, (int)T, tok, lab, 0};
         rv = e->forward(e, &batch, &loss, &count, err, errlen);
     }
     free(tok);
@@ -231,7 +269,9 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
             snprintf(err, errlen, "step %ld: no label tokens in the step's %zu samples", step + 1, step_rows);
             goto done;
         }
-        float dloss = (float)(1.0 / (double)n_label);
+        /* scale_grads_in_schedule: every microbatch mean weighs 1/M */
+        const long n_units = o->scale_grads_in_schedule ? (long)n_micro * o->grad_acc_steps * o->dp_size : n_label;
+        float dloss = (float)(1.0 / (double)n_units);
 
         /* 2. forward + backward of every microbatch of every accumulated batch */
         for (int i = 0; i < e->n_stages; i++) memset(e->stages[i]->grads, 0, e->stages[i]->n_params * sizeof(float));
@@ -239,7 +279,8 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         long counted = 0;
         for (int a = 0; a < o->grad_acc_steps; a++) {
             size_t row = (size_t)a * batch_all + (size_t)o->dp_rank * (size_t)o->batch_size;
-            ap_step_batch b = {n_micro, o->micro_batch_size, (int)T, tok + row * T, lab + row * T};
+            ap_step_batch b = {n_micro, o->micro_batch_size, (int)T, tok + row * T, lab + row * T,
+                               o->scale_grads_in_schedule};
             if (e->forward_backward(e, &b, dloss, &loss_sum, &counted, err, errlen) < 0) goto done;
         }
         if (e->sync_grads && e->sync_grads(e, err, errlen) < 0) goto done;
@@ -247,17 +288,8 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         /* 3. loss and global grad norm */
         double lv[1] = {loss_sum};
         if (reduce(e, lv, 1, 0, AP_REDUCE_ALL, err, errlen) < 0) goto done;
-        double loss = lv[0] / (double)n_label;
-        double gn[1] = {0};
-        for (int i = 0; i < e->n_stages; i++) {
-            const ap_stage *s = e->stages[i];
-            if (o->norm_inf) {
-                double a = (double)ap_absmax(s->grads, s->n_params);
-                gn[0] = isnan(a) || isnan(gn[0]) ? NAN : fmax(gn[0], a); /* fmax would drop a NaN */
-            } else {
-                gn[0] += ap_sumsq(s->grads, s->n_params);
-            }
-        }
+        double loss = lv[0] / (double)n_units;
+        double gn[1] = {e->grad_sumsq ? e->grad_sumsq(e, o->norm_inf) : stages_grad_sumsq(e, o->norm_inf)};
         if (reduce(e, gn, 1, o->norm_inf, AP_REDUCE_MODEL, err, errlen) < 0) goto done;
         double norm = o->norm_inf ? gn[0] : sqrt(gn[0]);
         if (step == st.step) res->first_loss = loss;
@@ -301,7 +333,7 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         if (val && o->val_every_steps > 0 && ((step + 1) % o->val_every_steps == 0 || step + 1 == o->max_steps)) {
             double vl;
             long vn;
-            if (ap_eval_loss(e, val, o->micro_batch_size, &vl, &vn, err, errlen) < 0) goto done;
+            if (ap_eval_loss_batched(e, val, n_micro, o->micro_batch_size, &vl, &vn, err, errlen) < 0) goto done;
             res->last_val_loss = vl;
             if (o->is_log_rank && !o->quiet) ap_metrics_val(&met, step + 1, vl, vn);
         }

@@ -31,6 +31,11 @@ typedef struct {
     int n_micro, mb, T;
     const int32_t *tokens; /* (n_micro, mb, T) */
     const int32_t *labels; /* (n_micro, mb, T), -100 ignored */
+    /* 0: the loss is summed over label tokens, backward with dloss for
+     * every microbatch. 1 (scale_grads_in_schedule): each microbatch's loss
+     * is its mean over its n_m label tokens, backward with dloss / n_m (0
+     * when n_m = 0): dloss is then the weight of one microbatch mean. */
+    int mean_per_micro;
 } ap_step_batch;
 
 enum ap_reduce_scope {
@@ -43,7 +48,8 @@ struct ap_step_engine {
     /* Forward and backward of every microbatch of b, accumulating (+=) the
      * parameter gradients of the local stages with dloss (1/N); adds the
      * summed loss and label count of what it computed (the last stage's) to
-     * *loss_sum / *n_tokens. */
+     * *loss_sum / *n_tokens. With b->mean_per_micro: adds each microbatch's
+     * mean loss (0 without labels) and 1 per microbatch instead. */
     int (*forward_backward)(ap_step_engine *e, const ap_step_batch *b, float dloss, double *loss_sum,
                             long *n_tokens, char *err, size_t errlen);
     /* No-grad forward of every microbatch (validation, eval). */
@@ -52,6 +58,13 @@ struct ap_step_engine {
     /* Once per step after the last forward_backward, before the grad norm:
      * data-parallel averaging, summing tied-embedding copies. NULL: nothing. */
     int (*sync_grads)(ap_step_engine *e, char *err, size_t errlen);
+    /* This process's share of the squared global gradient 2-norm (norm_inf:
+     * of the inf-norm, max |g|), counting every model tensor once: an engine
+     * whose stages hold a copy of another tensor (tied embeddings on the
+     * first and last pipeline stage) leaves the copy out. The loop reduces
+     * it over AP_REDUCE_MODEL after sync_grads. NULL: every gradient of
+     * `stages`. */
+    double (*grad_sumsq)(ap_step_engine *e, int norm_inf);
     /* Sum (or max when op_max) of n doubles over `scope`. NULL: one process. */
     int (*allreduce)(ap_step_engine *e, double *v, int n, int op_max, enum ap_reduce_scope scope, char *err,
                      size_t errlen);
@@ -77,6 +90,7 @@ typedef struct {
     double beta1, beta2, eps, weight_decay;
     double max_norm;                    /* <= 0: no clipping */
     int norm_inf;                       /* clip by the inf-norm instead of the 2-norm */
+    int scale_grads_in_schedule;        /* per-microbatch mean loss, averaged over microbatches */
     long val_every_steps, log_every_steps, ckpt_every_steps;
     double flops_per_token;             /* 0: MFU not reported */
     double peak_flops;
@@ -128,8 +142,15 @@ void ap_train_set_checkpoint_hooks(const ap_checkpoint_hooks *h);
 int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, const ap_dataset *val,
                   const struct ap_config *cfg, ap_train_result *res, char *err, size_t errlen);
 
-/* Mean loss of the engine's model over a dataset, in batches of n_micro x mb
- * (the last batch may be shorter). *n_tokens gets the label count. */
+/* Mean loss of the engine's model over a dataset (the sum over label tokens /
+ * their count, whatever the training scaling), handing the engine n_micro
+ * microbatches of mb samples per forward call (the last call may carry fewer
+ * microbatches; a last partial microbatch is padded with label-free rows).
+ * *n_tokens gets the label count. The loop validates with the training
+ * step's n_micro, so a pipeline runs n_micro microbatches per round trip. */
+int ap_eval_loss_batched(ap_step_engine *e, const ap_dataset *d, int n_micro, int mb, double *mean_loss,
+                         long *n_tokens, char *err, size_t errlen);
+/* ap_eval_loss_batched with one microbatch per call (`autopipe eval`). */
 int ap_eval_loss(ap_step_engine *e, const ap_dataset *d, int mb, double *mean_loss, long *n_tokens, char *err,
                  size_t errlen);
 

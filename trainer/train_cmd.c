@@ -66,6 +66,7 @@ void ap_train_opts_from_config(ap_train_opts *o, const ap_config *cfg, const ap_
     o->weight_decay = cfg->optimizer.weight_decay;
     o->max_norm = cfg->clip_grad_norm.has_max_norm ? cfg->clip_grad_norm.max_norm : 0;
     o->norm_inf = isinf(cfg->clip_grad_norm.norm_type);
+    o->scale_grads_in_schedule = cfg->autopipeline.scale_grads_in_schedule;
     o->val_every_steps = cfg->step_scheduler.val_every_steps;
     o->log_every_steps = cfg->logging.log_every_steps;
     o->ckpt_every_steps = cfg->step_scheduler.ckpt_every_steps;
