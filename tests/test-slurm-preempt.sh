@@ -19,10 +19,9 @@ unset AUTOPIPE_PP_SIZE AUTOPIPE_DP_SIZE AUTOPIPE_TP_SIZE AUTOPIPE_PP_RANK AUTOPI
   AUTOPIPE_TP_RANK AUTOPIPE_LOCAL_RANK
 mkdir -p "$d/bin" && ln -s "$AUTOPIPE" "$d/bin/autopipe" && PATH="$d/bin:$PATH" && export PATH
 show() { echo "# $1:"; grep -v "^step \|^  - \|^-----\|NOTE: invoking\|You may or may\|exactly when" "$2" 2>/dev/null | tail -15 | sed "s/^/#   /"; }
-N=40
 # The template's config with a budget the first run cannot finish (so the
 # signal always lands mid-run, however fast the machine); once it has been
-# stopped, the budget becomes N for the rerun and the straight run. A constant
+# stopped, the budget becomes N (10 past the stop) for the rerun and the straight run. A constant
 # LR after warmup keeps the schedule independent of max_steps. Checkpoints
 # only at the signal and the end.
 conf="$d/preemptible.yaml"
@@ -48,6 +47,10 @@ i=0; while [ $i -lt 600 ] && ! scontrol -o show job "$job" 2>/dev/null | grep -q
   sleep 0.1; i=$((i+1)); done
 scontrol -o show job "$job" >"$d/pending" 2>&1
 t "the job was requeued (pending, 1 restart)" 'grep -q "Restarts=1" "$d/pending"' || show pending "$d/pending"
+# The rerun's budget: 10 steps past where the first run stopped (the machine's
+# speed decides how far it got before the signal landed).
+k=$(sed -n 's/^stopped by a signal after step \([0-9]*\) with a checkpoint: exit status 75.*/\1/p' "$d/job.log")
+N=$(( ${k:-30} + 10 ))
 sed -i "s/^  max_steps: .*/  max_steps: $N/" "$conf"
 t0=$(date +%s)
 scontrol update JobId="$job" StartTime=now

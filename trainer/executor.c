@@ -1,4 +1,5 @@
 /* executor.c - one rank's part of a pipeline step: see executor.h. */
+#include "common/error.h"
 #include "trainer/executor.h"
 
 #include "kernels/kernels.h"
@@ -68,15 +69,6 @@ struct ap_executor {
     size_t n_ev, cap_ev;
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static const char *type_name(int t) {
     static const char *n[] = {"", "F", "B", "I", "W", "SEND_F", "RECV_F", "SEND_B", "RECV_B"};
     return (t >= 0 && t < AP_ACT_NTYPES) ? n[t] : "?";
@@ -129,12 +121,12 @@ static int check_actions(ap_executor *ex, char *err, size_t errlen) {
         const ap_action *a = &c->actions[i];
         if (a->type == AP_ACT_NONE) continue; /* idle cell */
         if (a->stage < 0 || a->stage >= c->num_stages || ex->local_of[a->stage] < 0) {
-            seterr(err, errlen, "pp rank %d: action %d (%d%s%d) names stage %d, which this rank does not hold",
+            ap_errf(err, errlen, "pp rank %d: action %d (%d%s%d) names stage %d, which this rank does not hold",
                    ex->pp_rank, i, a->stage, type_name(a->type), a->mb, a->stage);
             goto out;
         }
         if (a->type < AP_ACT_NONE || a->type >= AP_ACT_NTYPES || a->mb < 0 || a->mb >= nmb) {
-            seterr(err, errlen, "pp rank %d: action %d has type %d microbatch %d (expected 0..%d)", ex->pp_rank,
+            ap_errf(err, errlen, "pp rank %d: action %d has type %d microbatch %d (expected 0..%d)", ex->pp_rank,
                    i, a->type, a->mb, nmb - 1);
             goto out;
         }
@@ -145,7 +137,7 @@ static int check_actions(ap_executor *ex, char *err, size_t errlen) {
         if (a->type == AP_ACT_SEND_F || a->type == AP_ACT_RECV_B) okc = remote_next;
         if (a->type == AP_ACT_RECV_F || a->type == AP_ACT_SEND_B) okc = remote_prev;
         if (!okc) {
-            seterr(err, errlen,
+            ap_errf(err, errlen,
                    "pp rank %d: action %d (%d%s%d) communicates with a stage that is on this rank or does not exist",
                    ex->pp_rank, i, a->stage, type_name(a->type), a->mb);
             goto out;
@@ -164,7 +156,7 @@ static int check_actions(ap_executor *ex, char *err, size_t errlen) {
             int comm_ok = k[AP_ACT_RECV_F] == remote_prev && k[AP_ACT_SEND_B] == remote_prev &&
                           k[AP_ACT_SEND_F] == remote_next && k[AP_ACT_RECV_B] == remote_next;
             if (k[AP_ACT_F] != 1 || !bwd_ok || !comm_ok) {
-                seterr(err, errlen,
+                ap_errf(err, errlen,
                        "pp rank %d: stage %d microbatch %d: the action list needs exactly one F, one B (or one I "
                        "and one W), and one SEND/RECV per remote neighbour and direction (found F=%d B=%d I=%d "
                        "W=%d SEND_F=%d RECV_F=%d SEND_B=%d RECV_B=%d); was the schedule lowered?",
@@ -186,7 +178,7 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
     *out = NULL;
     if (!cfg || cfg->num_stages < 1 || cfg->n_local < 1 || !cfg->stages || !cfg->stage_rank ||
         cfg->num_microbatches < 1 || cfg->n_actions < 0 || (cfg->n_actions && !cfg->actions)) {
-        seterr(err, errlen, "executor: bad configuration (need stages, stage ranks, microbatches >= 1)");
+        ap_errf(err, errlen, "executor: bad configuration (need stages, stage ranks, microbatches >= 1)");
         return -1;
     }
     ap_executor *ex = calloc(1, sizeof *ex);
@@ -204,7 +196,7 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
     int S = cfg->num_stages;
     for (int s = 0; s < S; s++)
         if (cfg->stage_rank[s] < 0 || cfg->stage_rank[s] >= ex->pp_size) {
-            seterr(err, errlen, "executor: stage %d is mapped to pp rank %d, outside 0..%d", s, cfg->stage_rank[s],
+            ap_errf(err, errlen, "executor: stage %d is mapped to pp rank %d, outside 0..%d", s, cfg->stage_rank[s],
                    ex->pp_size - 1);
             goto fail;
         }
@@ -212,7 +204,7 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
     MPI_Comm_get_attr(cfg->pp_comm, MPI_TAG_UB, &tag_ub, &tag_ub_ok);
     long max_tag = 1 + ((long)ex->nmb * (S > 1 ? S - 1 : 1)) * 2;
     if (tag_ub_ok && tag_ub && max_tag > *tag_ub) {
-        seterr(err, errlen, "executor: %d microbatches x %d stages need MPI tag %ld, above this MPI's limit %d",
+        ap_errf(err, errlen, "executor: %d microbatches x %d stages need MPI tag %ld, above this MPI's limit %d",
                ex->nmb, S, max_tag, *tag_ub);
         goto fail;
     }
@@ -229,17 +221,17 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
         ap_stage *st = cfg->stages[li];
         if (!st || st->stage_id < 0 || st->stage_id >= S || cfg->stage_rank[st->stage_id] != ex->pp_rank ||
             ex->local_of[st->stage_id] >= 0) {
-            seterr(err, errlen, "executor: pp rank %d: local stage %d (id %d) is missing, duplicated, or mapped "
+            ap_errf(err, errlen, "executor: pp rank %d: local stage %d (id %d) is missing, duplicated, or mapped "
                                 "to another rank", ex->pp_rank, li, st ? st->stage_id : -1);
             goto fail;
         }
         if (st->is_first != (st->stage_id == 0) || st->is_last != (st->stage_id == S - 1)) {
-            seterr(err, errlen, "executor: stage %d says first=%d last=%d in a pipeline of %d stages",
+            ap_errf(err, errlen, "executor: stage %d says first=%d last=%d in a pipeline of %d stages",
                    st->stage_id, st->is_first, st->is_last, S);
             goto fail;
         }
         if (li && st->act_numel != cfg->stages[0]->act_numel) {
-            seterr(err, errlen, "executor: stages %d and %d have different activation sizes (%zu, %zu)",
+            ap_errf(err, errlen, "executor: stages %d and %d have different activation sizes (%zu, %zu)",
                    cfg->stages[0]->stage_id, st->stage_id, cfg->stages[0]->act_numel, st->act_numel);
             goto fail;
         }
@@ -280,7 +272,7 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
     for (int li = 0; li < ex->n_local; li++) {
         int need = ap_executor_peak_slots(cfg->actions, cfg->n_actions, ex->ls[li].id);
         if (need > ex->ls[li].st->max_slots) {
-            seterr(err, errlen, "executor: stage %d holds up to %d microbatches in this schedule but was built "
+            ap_errf(err, errlen, "executor: stage %d holds up to %d microbatches in this schedule but was built "
                                 "with %d activation slots", ex->ls[li].id, need, ex->ls[li].st->max_slots);
             goto fail;
         }
@@ -301,14 +293,14 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
             l->n_tied_skip = 1;
         }
         if ((ex->has_first && !e0) || (ex->has_last && !e1)) {
-            seterr(err, errlen, "executor: tie_word_embeddings is set but stage %d has no model.embed_tokens.weight",
+            ap_errf(err, errlen, "executor: tie_word_embeddings is set but stage %d has no model.embed_tokens.weight",
                    ex->has_first && !e0 ? 0 : S - 1);
             goto fail;
         }
         ap_param_ref *mine = e0 ? e0 : e1;
         if (mine) ex->tied_numel = mine->numel;
         if (e0 && e1 && e0->numel != e1->numel) {
-            seterr(err, errlen, "executor: tied embeddings differ in size (%zu, %zu)", e0->numel, e1->numel);
+            ap_errf(err, errlen, "executor: tied embeddings differ in size (%zu, %zu)", e0->numel, e1->numel);
             goto fail;
         }
         if ((e0 && !e1) || (e1 && !e0))
@@ -317,7 +309,7 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
     int ok = 1;
     goto agree;
 oom:
-    seterr(err, errlen, "executor: out of memory allocating pipeline buffers");
+    ap_errf(err, errlen, "executor: out of memory allocating pipeline buffers");
 fail:
     ok = 0;
 agree: {
@@ -326,7 +318,7 @@ agree: {
     int all_ok = ok;
     MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, cfg->pp_comm);
     if (!all_ok) {
-        if (ok) seterr(err, errlen, "executor: another pp rank failed to set up its stages (see its message)");
+        if (ok) ap_errf(err, errlen, "executor: another pp rank failed to set up its stages (see its message)");
         ap_executor_destroy(ex);
         return -1;
     }
@@ -526,7 +518,7 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             int slot = -1;
             if (train) {
                 if (!l->n_free) {
-                    seterr(err, errlen, "executor: stage %d ran out of activation slots (%d) at microbatch %d",
+                    ap_errf(err, errlen, "executor: stage %d ran out of activation slots (%d) at microbatch %d",
                            l->id, st->max_slots, m);
                     return -1;
                 }
@@ -583,7 +575,7 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             break;
         }
         if (rc) {
-            seterr(err, errlen, "executor: stage %d failed in %s of microbatch %d (%d)", l->id, type_name(t), m, rc);
+            ap_errf(err, errlen, "executor: stage %d failed in %s of microbatch %d (%d)", l->id, type_name(t), m, rc);
             return -1;
         }
         if (train && ap_act_is_compute(t)) {
@@ -598,7 +590,7 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
         trace(ex, a, t0, MPI_Wtime());
         continue;
     order:
-        seterr(err, errlen, "executor: pp rank %d: action %d%s%d comes before the work it depends on on this rank",
+        ap_errf(err, errlen, "executor: pp rank %d: action %d%s%d comes before the work it depends on on this rank",
                ex->pp_rank, a->stage, type_name(t), m);
         return -1;
     }
@@ -606,13 +598,13 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
     ex->n_send = 0;
     return 0;
 oom:
-    seterr(err, errlen, "executor: out of memory");
+    ap_errf(err, errlen, "executor: out of memory");
     return -1;
 }
 
 static int need_data(ap_executor *ex, const int32_t *tokens, const int32_t *labels, char *err, size_t errlen) {
     if ((ex->has_first && !tokens) || (ex->has_last && !labels)) {
-        seterr(err, errlen, "executor: pp rank %d holds the %s stage but got no %s", ex->pp_rank,
+        ap_errf(err, errlen, "executor: pp rank %d holds the %s stage but got no %s", ex->pp_rank,
                ex->has_first && !tokens ? "first" : "last", ex->has_first && !tokens ? "token ids" : "labels");
         return -1;
     }
@@ -658,7 +650,7 @@ int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const i
 int ap_executor_sync_grads(ap_executor *ex, char *err, size_t errlen) {
     for (int li = 0; li < ex->n_local; li++)
         if (!ex->ls[li].dp_started && start_dp(ex, &ex->ls[li])) {
-            seterr(err, errlen, "executor: out of memory");
+            ap_errf(err, errlen, "executor: out of memory");
             return -1;
         }
     MPI_Waitall(ex->n_dp, ex->rq_dp, MPI_STATUSES_IGNORE);
