@@ -1,6 +1,7 @@
 /* ckpt_load.c - open a committed checkpoint and read tensors by FQN from
  * whichever stage files hold them, so any layout loads into any other.
  * Nothing here writes to the checkpoint. */
+#include "common/file.h"
 #include "checkpoint/ckpt.h"
 #include "checkpoint/ckpt_internal.h"
 
@@ -140,32 +141,12 @@ static int cmp_entry_name(const void *a, const void *b, void *ctx) {
     return strcmp(e[*(const int *)a].name, e[*(const int *)b].name);
 }
 
-static char *read_text(const char *path, size_t max, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (sz < 0 || (size_t)sz > max) {
-        ap_errf(err, errlen, "%s: size %ld out of range (at most %zu bytes)", path, sz, max);
-        fclose(f);
-        return NULL;
-    }
-    char *buf = malloc((size_t)sz + 1);
-    size_t got = fread(buf, 1, (size_t)sz, f);
-    fclose(f);
-    buf[got] = 0;
-    return buf;
-}
-
 /* The manifest's files and tensors, every field bounded. */
 static int parse_manifest(ap_ckpt *ck, char *err, size_t errlen) {
     char mp[PATH_MAX + 16];
     snprintf(mp, sizeof mp, "%s/manifest.json", ck->dir);
-    char *txt = read_text(mp, MANIFEST_MAX, err, errlen);
+    size_t txt_len;
+    char *txt = ap_read_file(mp, MANIFEST_MAX, &txt_len, err, errlen);
     if (!txt) return -1;
     ck->man = cJSON_Parse(txt);
     free(txt);

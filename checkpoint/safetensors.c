@@ -1,6 +1,7 @@
 /* safetensors.c - checked reader and writer for Hugging Face safetensors.
  * See safetensors.h for the format and the rules applied to headers. */
 #include "common/error.h"
+#include "common/file.h"
 #include "checkpoint/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -322,26 +323,6 @@ done:
     return rv;
 }
 
-static char *slurp(const char *path, size_t max, size_t *len, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = malloc(max + 1);
-    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad || n > max) {
-        ap_errf(err, errlen, "%s: %s", path, !buf ? "out of memory" : bad ? "read error" : "file too large");
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 static int cmp_name_idx(const void *a, const void *b, void *base) {
     const ap_st_tensor *t = base;
     return strcmp(t[*(const int *)a].name, t[*(const int *)b].name);
@@ -370,7 +351,7 @@ static const char *base_name(const char *p) {
 
 static int open_index(ap_st_model *m, const char *path, char *err, size_t errlen) {
     size_t len;
-    char *text = slurp(path, MAX_INDEX_BYTES, &len, err, errlen);
+    char *text = ap_read_file(path, MAX_INDEX_BYTES, &len, err, errlen);
     if (!text) return -1;
     int rv = -1;
     char *dir = strdup(path), *shard = NULL;

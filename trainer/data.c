@@ -1,5 +1,6 @@
 /* data.c - token shards, SFT JSONL and byte-tokenized text as samples of
  * seq_len; validation split; seeded, resumable shuffling (see data.h). */
+#include "common/file.h"
 #include "trainer/data.h"
 
 #include "launcher/commands.h"
@@ -64,33 +65,8 @@ static size_t storage_len(const storage *s) {
     return (s->n_tokens - 1 + (size_t)s->T - 1) / (size_t)s->T;
 }
 
-static char *read_file(const char *path, size_t *n, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, k = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        size_t r = fread(buf + k, 1, cap - k, f);
-        k += r;
-        if (k < cap) break;
-        char *nb = realloc(buf, (cap *= 2) + 1);
-        if (!nb) free(buf);
-        buf = nb;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        snprintf(err, errlen, "%s: %s", path, bad ? "read error" : "out of memory");
-        return NULL;
-    }
-    buf[k] = '\0';
-    *n = k;
-    return buf;
-}
+/* Data files are read whole; the bound only stops a path that is not data. */
+#define MAX_DATA_BYTES ((size_t)1 << 36)
 
 static uint32_t le32(const unsigned char *p) {
     return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -242,7 +218,7 @@ static long json_ids(const cJSON *arr, const char *field, const char *path, size
  * samples or packs them into a stream of (input, label) pairs. */
 static int open_sft(storage *s, const char *path, int vocab, int packed, char *err, size_t errlen) {
     size_t len;
-    char *buf = read_file(path, &len, err, errlen);
+    char *buf = ap_read_file(path, MAX_DATA_BYTES, &len, err, errlen);
     if (!buf) return -1;
     pairbuf all = {0};     /* every example back to back: a = input id, b = label */
     size_t *starts = NULL; /* example offsets into `all` (n_ex + 1) */
@@ -418,7 +394,7 @@ int ap_dataset_open(ap_dataset **out, const ap_data_opts *o, char *err, size_t e
             rv = open_sft(s, o->path, o->vocab_size, o->packed, err, errlen);
         } else {
             size_t n;
-            char *text = read_file(o->path, &n, err, errlen);
+            char *text = ap_read_file(o->path, MAX_DATA_BYTES, &n, err, errlen);
             s->is_stream = 1;
             rv = text ? open_text_buf(s, label, text, n, o->vocab_size, err, errlen) : -1;
             free(text);
@@ -675,7 +651,7 @@ int ap_cmd_tokenize(int argc, char **argv) {
         tokenize_usage(stderr);
         return AP_EXIT_USAGE;
     }
-    char *text = builtin ? ap_builtin_text(&n) : read_file(argv[optind], &n, err, sizeof err);
+    char *text = builtin ? ap_builtin_text(&n) : ap_read_file(argv[optind], MAX_DATA_BYTES, &n, err, sizeof err);
     if (!text) {
         fprintf(stderr, "autopipe tokenize: %s\n", builtin ? "out of memory" : err);
         return AP_EXIT_FAIL;

@@ -2,6 +2,7 @@
  * transformers' LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config and
  * GemmaConfig (checked against transformers 5.24). */
 #include "common/error.h"
+#include "common/file.h"
 #include "trainer/hf_config.h"
 
 #include "launcher/config.h"
@@ -402,16 +403,9 @@ int ap_hf_config_read(ap_model_config *c, const char *path, char *err, size_t er
         if (snprintf(file, sizeof file, "%s", path) >= (int)sizeof file)
             return ap_errf(err, errlen, "%s: path too long", path);
     }
-    FILE *f = fopen(file, "rb");
-    if (!f) return ap_errf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
-    char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad || n > MAX_CONFIG_BYTES) {
-        free(buf);
-        return ap_errf(err, errlen, "%s: %s", file, !buf ? "out of memory" : bad ? "read error" : "larger than 16 MiB");
-    }
+    size_t n;
+    char *buf = ap_read_file(file, MAX_CONFIG_BYTES, &n, err, errlen);
+    if (!buf) return -1;
     int rv = ap_hf_config_parse(c, buf, n, file, err, errlen);
     free(buf);
     return rv;

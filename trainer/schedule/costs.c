@@ -3,6 +3,7 @@
  * Reads the complete events ("ph": "X") named like actions ("2F3") that the
  * executor's trace (logging trace) and ap_schedule_write_trace write, and
  * averages their duration per (type, stage), in milliseconds. */
+#include "common/file.h"
 #include "trainer/schedule/schedule.h"
 
 #include <cjson/cJSON.h>
@@ -12,48 +13,6 @@
 
 #define MAX_TRACE_BYTES (256u << 20)
 
-static char *slurp(const char *path, size_t *n, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        if (len == cap) {
-            if (cap >= MAX_TRACE_BYTES) {
-                snprintf(err, errlen, "%s: larger than %u bytes; expected a trace file", path,
-                         MAX_TRACE_BYTES);
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            char *p = realloc(buf, cap * 2 + 1);
-            if (!p) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = p;
-            cap *= 2;
-        }
-        size_t k = fread(buf + len, 1, cap - len, f);
-        len += k;
-        if (k == 0) break;
-    }
-    if (buf && ferror(f)) {
-        snprintf(err, errlen, "%s: read error: %s", path, strerror(errno));
-        free(buf);
-        buf = NULL;
-    } else if (!buf && !err[0]) {
-        snprintf(err, errlen, "%s: out of memory", path);
-    }
-    fclose(f);
-    if (buf) buf[len] = '\0';
-    *n = len;
-    return buf;
-}
 
 int ap_sched_costs_from_traces(ap_sched_costs *c, const char *const *paths, int n_paths, char *err,
                                size_t errlen) {
@@ -68,7 +27,7 @@ int ap_sched_costs_from_traces(ap_sched_costs *c, const char *const *paths, int 
     }
     for (int k = 0; k < n_paths; k++) {
         size_t len;
-        char *text = slurp(paths[k], &len, err, errlen);
+        char *text = ap_read_file(paths[k], MAX_TRACE_BYTES, &len, err, errlen);
         if (!text) goto out;
         cJSON *root = cJSON_ParseWithLength(text, len);
         free(text);

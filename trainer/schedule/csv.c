@@ -5,6 +5,7 @@
  * here, but quoted cells are accepted. A file with SEND/RECV cells is the
  * compute_comms form. */
 #include "common/error.h"
+#include "common/file.h"
 #include "trainer/schedule/schedule.h"
 
 #include <errno.h>
@@ -233,35 +234,11 @@ fail:
 int ap_schedule_load_csv(ap_schedule **out, const char *path, int pp, int microbatches, char *err,
                          size_t errlen) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ap_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    int rv = -1;
-    while (buf) {
-        if (n == cap) {
-            if (cap > MAX_CSV_BYTES) break;
-            char *p = realloc(buf, cap * 2);
-            if (!p) break;
-            buf = p;
-            cap *= 2;
-        }
-        size_t k = fread(buf + n, 1, cap - n, f);
-        n += k;
-        if (k == 0) break;
-    }
-    if (!buf) {
-        ap_errf(err, errlen, "%s: out of memory", path);
-    } else if (ferror(f)) {
-        ap_errf(err, errlen, "%s: read error: %s", path, strerror(errno));
-    } else {
-        rv = ap_schedule_parse_csv(out, buf, n, path, pp, microbatches, err, errlen);
-    }
+    size_t n;
+    char *buf = ap_read_file(path, MAX_CSV_BYTES, &n, err, errlen);
+    if (!buf) return -1;
+    int rv = ap_schedule_parse_csv(out, buf, n, path, pp, microbatches, err, errlen);
     free(buf);
-    fclose(f);
     return rv;
 }
 
