@@ -28,10 +28,6 @@ static size_t llama_act_bytes(const ap_model_config *mc, int first, int last, in
     return f * sizeof(float) + 2 * N * sizeof(int32_t);
 }
 
-static long long llama_param_count(const ap_model_config *mc, int first, int last, int has_embed, int has_head) {
-    return ap_model_param_count(mc, first, last, has_embed, has_head);
-}
-
 static const ap_model_family llama_family = {
     .name = "llama",
     .targets = {"nemo_automodel.NeMoAutoModelForCausalLM.from_config",
@@ -39,7 +35,7 @@ static const ap_model_family llama_family = {
     .stage_create = ap_llama_stage_create,
     .init_params = ap_llama_init_params,
     .stage_error = ap_llama_stage_error,
-    .param_count = llama_param_count,
+    .param_count = ap_model_param_count,
     .act_bytes = llama_act_bytes,
     .flops_per_token = ap_model_flops_per_token,
     .embed_module = "model.embed_tokens",
