@@ -2,7 +2,7 @@
  *
  *   mpirun -np 2 bench/bench-pipeline [--hidden N] [--layers N] [--seq N] [--mbs N]
  *                                     [--microbatches N] [--steps N] [--schedules a,b]
- *                                     [--out FILE]
+ *                                     [--out FILE] [--trace DIR]
  *
  * For each schedule (default 1f1b and zbv) at pp = 2 (one rank per core, one
  * thread each): the measured time of a training step's forward and backward
@@ -69,7 +69,7 @@ static ap_stage *make_stage(const ap_model_config *mc, int first, int last, int 
 
 int main(int argc, char **argv) {
     int hidden = 256, layers = 8, T = 128, mbs = 2, nmb = 8, steps = 5;
-    const char *scheds = "1f1b,zbv", *outpath = "bench/RESULTS.md";
+    const char *scheds = "1f1b,zbv", *outpath = "bench/RESULTS.md", *tracedir = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--hidden")) hidden = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
@@ -79,6 +79,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--schedules")) scheds = argv[i + 1];
         else if (!strcmp(argv[i], "--out")) outpath = argv[i + 1];
+        else if (!strcmp(argv[i], "--trace")) tracedir = argv[i + 1];
         else {
             fprintf(stderr, "bench-pipeline: unknown option %s\n", argv[i]);
             return 2;
@@ -166,7 +167,9 @@ int main(int argc, char **argv) {
             int slots = ap_executor_peak_slots(ls->acts[rank], ls->len[rank], s);
             st[i] = make_stage(&mc, first, first + nl, s == 0, s == S - 1, mbs, T, slots, s, S);
         }
-        ap_executor_config ec = {.pp_comm = MPI_COMM_WORLD, .dp_comm = MPI_COMM_NULL, .num_stages = S,
+        char tpath[4096];
+        if (tracedir) snprintf(tpath, sizeof tpath, "%s/%s_rank%d.json", tracedir, name, rank);
+        ap_executor_config ec = {.trace_path = tracedir ? tpath : NULL, .pp_comm = MPI_COMM_WORLD, .dp_comm = MPI_COMM_NULL, .num_stages = S,
                                  .stage_rank = ls->stage_to_rank, .stages = st, .n_local = nloc,
                                  .num_microbatches = nmb, .actions = ls->acts[rank], .n_actions = ls->len[rank]};
         ap_executor *ex;

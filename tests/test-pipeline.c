@@ -350,6 +350,54 @@ static void run_case(const tcase *c) {
     }
 }
 
+/* Activation buffers follow the schedule's window, not the microbatch count:
+ * 1f1b at pp 2 holds as many buffers per rank with 16 microbatches as with 4. */
+static void buffer_window(void) {
+    MPI_Comm comm;
+    MPI_Comm_split(MPI_COMM_WORLD, world_rank < 2 ? 0 : MPI_UNDEFINED, world_rank, &comm);
+    int nbuf[2] = {0, 0}, fail = 0;
+    if (world_rank < 2) {
+        for (int k = 0; k < 2; k++) {
+            int nmb = k ? 16 : 4;
+            char err[1024] = "";
+            ap_schedule *cs = NULL, *ls = NULL;
+            ap_stage *st = NULL;
+            ap_executor *ex = NULL;
+            fail |= ap_schedule_generate(&cs, "1f1b", NULL, 2, 1, nmb, err, sizeof err) ||
+                    ap_schedule_lower(cs, &ls, err, sizeof err);
+            int slots = fail ? 1 : ap_executor_peak_slots(ls->acts[world_rank], ls->len[world_rank], world_rank);
+            fail |= tiny_stage_create(&st, world_rank, 2, world_rank * 2, world_rank * 2 + 2, V, C, MBS, T, 0, slots,
+                                      SEED);
+            ap_executor_config ec = {.pp_comm = comm, .dp_comm = MPI_COMM_NULL, .num_stages = 2,
+                                     .stage_rank = fail ? NULL : ls->stage_to_rank, .stages = &st, .n_local = 1,
+                                     .num_microbatches = nmb, .actions = fail ? NULL : ls->acts[world_rank],
+                                     .n_actions = fail ? 0 : ls->len[world_rank]};
+            int32_t *tok = malloc((size_t)nmb * MBS * T * 4), *lab = malloc((size_t)nmb * MBS * T * 4);
+            make_batch(0, 0, nmb * MBS, tok, lab);
+            if (!fail && ap_executor_create(&ex, &ec, err, sizeof err) == 0) {
+                for (int step = 0; step < 2 && !fail; step++)
+                    fail |= ap_executor_step(ex, tok, lab, 1, 1, 0, NULL, err, sizeof err) != 0;
+                nbuf[k] = ap_executor_act_buffers(ex);
+            } else {
+                fail = 1;
+            }
+            if (fail) fprintf(stderr, "rank %d: buffer window: %s\n", world_rank, err);
+            ap_executor_destroy(ex);
+            ap_stage_destroy(st);
+            ap_schedule_free(cs);
+            ap_schedule_free(ls);
+            free(tok), free(lab);
+        }
+        MPI_Comm_free(&comm);
+    }
+    int v[3] = {fail, 0, 0};
+    if (world_rank < 2) v[1] = nbuf[1] != nbuf[0] || nbuf[1] > 4 || nbuf[1] < 1, v[2] = nbuf[1];
+    MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (!world_rank)
+        ok(!v[0] && !v[1], "1f1b pp=2: activation buffers per rank do not grow with microbatches (%d with 16, "
+                           "same as with 4, at most 4)", v[2]);
+}
+
 /* The executor refuses action lists it cannot run, with a message. */
 static void bad_lists(void) {
     MPI_Comm comm;
@@ -435,6 +483,7 @@ int main(int argc, char **argv) {
         run_case(&untied);
     }
     bad_lists();
+    buffer_window();
     int rc = 0;
     if (!world_rank) rc = tap_done();
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);

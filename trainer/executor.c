@@ -16,15 +16,31 @@
  * neighbour has not produced yet instead of reading stale memory. */
 enum { MB_NONE = 0, MB_FWD = 1, MB_DIN = 2, MB_DONE = 3 };
 
+/* Activation buffers are pooled per stage and direction. A buffer holds one
+ * microbatch from when it is produced (its receive is posted at the RECV
+ * action, or a local neighbour computes into it) until the compute that reads
+ * it is done; a send buffer until its send completes. A pool grows to what
+ * the schedule keeps in flight during the first step and stays there, so
+ * memory follows the schedule's window, not the number of microbatches. */
+typedef struct {
+    float *buf;
+    int mb;         /* microbatch held, -1 = free */
+    MPI_Request rq; /* receive posted / send in flight, else MPI_REQUEST_NULL */
+} abuf;
+
+typedef struct {
+    abuf *v;
+    int n;
+    int sends; /* entries are freed when their send completes */
+} apool;
+
 typedef struct {
     ap_stage *st;
     int id;
     int prev_local, next_local; /* local index of stage id-1 / id+1, or -1 */
     int prev_rank, next_rank;   /* pp rank of stage id-1 / id+1, or -1 */
-    float *in, *dout;           /* (nmb, act) owned: received or written by a local neighbour */
-    float *out_own, *din_own;   /* (nmb, act) owned send buffers (remote neighbours only) */
-    float *out, *din;           /* (nmb, act) where F writes out / B writes din (own or a neighbour's) */
-    MPI_Request *rq_in, *rq_dout; /* (nmb) */
+    apool in, dout;             /* inputs of F / output grads of B and I: received or from a local neighbour */
+    apool out, din;             /* F outputs / input grads to send to a remote neighbour */
     int *slot_of_mb;            /* (nmb) */
     int *free_slots, n_free;
     unsigned char *state;       /* (nmb) MB_* */
@@ -39,6 +55,7 @@ typedef struct {
 typedef struct {
     double t0, t1;
     int type, stage, mb;
+    int wait; /* time blocked on the receive of a RECV, not the action itself */
 } trace_ev;
 
 struct ap_executor {
@@ -52,8 +69,6 @@ struct ap_executor {
     int *local_of; /* (num_stages) local index or -1 */
     int has_first, has_last;
     int first_rank, last_rank; /* pp ranks of stage 0 and the last stage */
-    MPI_Request *rq_send;
-    int n_send, cap_send;
     MPI_Request *rq_dp;
     int n_dp, cap_dp;
     size_t bucket;
@@ -79,7 +94,51 @@ static int pipe_tag(const ap_executor *ex, int boundary, int mb, int dir) {
     return 1 + (mb * (ex->cfg.num_stages - 1) + boundary) * 2 + dir;
 }
 
-static float *mbptr(float *base, size_t act, int mb) { return base ? base + (size_t)mb * act : NULL; }
+/* A free buffer of p for microbatch mb: completed sends are reclaimed first,
+ * and the pool grows when every buffer is in use. NULL when out of memory. */
+static abuf *pool_take(apool *p, size_t numel, int mb) {
+    abuf *e = NULL;
+    for (int i = 0; i < p->n && !e; i++) {
+        abuf *c = &p->v[i];
+        if (p->sends && c->mb >= 0 && c->rq != MPI_REQUEST_NULL) {
+            int done = 0;
+            MPI_Test(&c->rq, &done, MPI_STATUS_IGNORE);
+            if (done) c->mb = -1;
+        }
+        if (c->mb < 0) e = c;
+    }
+    if (!e) {
+        abuf *v = realloc(p->v, (size_t)(p->n + 1) * sizeof *v);
+        if (!v) return NULL;
+        p->v = v;
+        e = &v[p->n];
+        if (!(e->buf = malloc((numel ? numel : 1) * sizeof(float)))) return NULL;
+        p->n++;
+    }
+    e->mb = mb;
+    e->rq = MPI_REQUEST_NULL;
+    return e;
+}
+
+/* The buffer holding microbatch mb and not yet sent, or NULL. */
+static abuf *pool_find(apool *p, int mb) {
+    for (int i = 0; i < p->n; i++)
+        if (p->v[i].mb == mb && (!p->sends || p->v[i].rq == MPI_REQUEST_NULL)) return &p->v[i];
+    return NULL;
+}
+
+/* Waits for every send still in flight and frees its buffer. */
+static void pool_drain(apool *p) {
+    for (int i = 0; i < p->n; i++) {
+        if (p->v[i].rq != MPI_REQUEST_NULL) MPI_Wait(&p->v[i].rq, MPI_STATUS_IGNORE);
+        p->v[i].mb = -1;
+    }
+}
+
+static void pool_free(apool *p) {
+    for (int i = 0; i < p->n; i++) free(p->v[i].buf);
+    free(p->v);
+}
 
 static ap_param_ref *find_ref(ap_stage *s, const char *name) {
     for (int i = 0; i < s->n_refs; i++)
@@ -243,7 +302,6 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
         if (st->is_last) ex->has_last = 1;
     }
     ex->act = cfg->stages[0]->act_numel;
-    size_t A = ex->act * (size_t)ex->nmb;
     for (int li = 0; li < ex->n_local; li++) {
         lstage *l = &ex->ls[li];
         int id = l->id;
@@ -251,22 +309,11 @@ int ap_executor_create(ap_executor **out, const ap_executor_config *cfg, char *e
         l->next_local = id < S - 1 ? ex->local_of[id + 1] : -1;
         l->prev_rank = id > 0 ? cfg->stage_rank[id - 1] : -1;
         l->next_rank = id < S - 1 ? cfg->stage_rank[id + 1] : -1;
-        l->rq_in = malloc((size_t)ex->nmb * sizeof *l->rq_in);
-        l->rq_dout = malloc((size_t)ex->nmb * sizeof *l->rq_dout);
+        l->out.sends = l->din.sends = 1;
         l->slot_of_mb = malloc((size_t)ex->nmb * sizeof *l->slot_of_mb);
         l->state = calloc((size_t)ex->nmb, 1);
         l->free_slots = malloc((size_t)(l->st->max_slots > 0 ? l->st->max_slots : 1) * sizeof(int));
-        if (!l->rq_in || !l->rq_dout || !l->slot_of_mb || !l->state || !l->free_slots) goto oom;
-        if (!l->st->is_first && !(l->in = alloc_act(A))) goto oom;
-        if (!l->st->is_last && !(l->dout = alloc_act(A))) goto oom;
-        if (!l->st->is_last && l->next_local < 0 && !(l->out_own = alloc_act(A))) goto oom;
-        if (!l->st->is_first && l->prev_local < 0 && !(l->din_own = alloc_act(A))) goto oom;
-    }
-    /* Local neighbours write straight into each other's buffers. */
-    for (int li = 0; li < ex->n_local; li++) {
-        lstage *l = &ex->ls[li];
-        l->out = l->next_local >= 0 ? ex->ls[l->next_local].in : l->out_own;
-        l->din = l->prev_local >= 0 ? ex->ls[l->prev_local].dout : l->din_own;
+        if (!l->slot_of_mb || !l->state || !l->free_slots) goto oom;
     }
     if (check_actions(ex, err, errlen)) goto fail;
     for (int li = 0; li < ex->n_local; li++) {
@@ -352,9 +399,10 @@ static void write_trace(ap_executor *ex) {
             ex->world_rank, ex->world_rank, ex->pp_rank);
     for (size_t i = 0; i < ex->n_ev; i++) {
         const trace_ev *e = &ex->ev[i];
-        fprintf(f, ",\n{\"name\":\"%d%s%d\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,"
+        fprintf(f, ",\n{\"name\":\"%s%d%s%d\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,"
                    "\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"stage\":%d,\"microbatch\":%d}}",
-                e->stage, type_name(e->type), e->mb, type_name(e->type), ex->world_rank, e->stage,
+                e->wait ? "wait " : "", e->stage, type_name(e->type), e->mb, e->wait ? "wait" : type_name(e->type),
+                ex->world_rank, e->stage,
                 (e->t0 - ex->t_origin) * 1e6, (e->t1 - e->t0) * 1e6, e->stage, e->mb);
     }
     fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
@@ -366,19 +414,16 @@ void ap_executor_destroy(ap_executor *ex) {
     if (ex->cfg.trace_path && ex->n_ev) write_trace(ex);
     for (int li = 0; ex->ls && li < ex->n_local; li++) {
         lstage *l = &ex->ls[li];
-        free(l->in);
-        free(l->dout);
-        free(l->out_own);
-        free(l->din_own);
-        free(l->rq_in);
-        free(l->rq_dout);
+        pool_free(&l->in);
+        pool_free(&l->dout);
+        pool_free(&l->out);
+        pool_free(&l->din);
         free(l->slot_of_mb);
         free(l->free_slots);
         free(l->state);
     }
     free(ex->ls);
     free(ex->local_of);
-    free(ex->rq_send);
     free(ex->rq_dp);
     free(ex->tied_tmp);
     free(ex->mb_loss);
@@ -388,7 +433,7 @@ void ap_executor_destroy(ap_executor *ex) {
     free(ex);
 }
 
-static void trace(ap_executor *ex, const ap_action *a, double t0, double t1) {
+static void trace(ap_executor *ex, const ap_action *a, double t0, double t1, int wait) {
     if (!ex->cfg.trace_path) return;
     if (ex->n_ev == ex->cap_ev) {
         size_t nc = ex->cap_ev ? ex->cap_ev * 2 : 1024;
@@ -397,7 +442,7 @@ static void trace(ap_executor *ex, const ap_action *a, double t0, double t1) {
         ex->ev = p;
         ex->cap_ev = nc;
     }
-    ex->ev[ex->n_ev++] = (trace_ev){t0, t1, a->type, a->stage, a->mb};
+    ex->ev[ex->n_ev++] = (trace_ev){t0, t1, a->type, a->stage, a->mb, wait};
 }
 
 static long count_labels(const int32_t *labels, size_t n) {
@@ -454,24 +499,31 @@ static void sum_tied(ap_executor *ex) {
         for (size_t i = 0; i < n; i++) mine->grad[i] = ex->tied_tmp[i] + mine->grad[i];
 }
 
-static double timed_wait(MPI_Request *r) {
-    double t = MPI_Wtime();
-    MPI_Wait(r, MPI_STATUS_IGNORE);
-    return MPI_Wtime() - t;
+/* Blocks until the receive into e has arrived; the time blocked is the bubble,
+ * traced as a "wait" on the RECV it belongs to. */
+static void wait_recv(ap_executor *ex, abuf *e, int stage, int recv_type) {
+    if (e->rq == MPI_REQUEST_NULL) return;
+    double t0 = MPI_Wtime();
+    MPI_Wait(&e->rq, MPI_STATUS_IGNORE);
+    double t1 = MPI_Wtime();
+    ex->wait_s += t1 - t0;
+    trace(ex, &(ap_action){.stage = stage, .type = recv_type, .mb = e->mb}, t0, t1, 1);
 }
 
 /* Runs the action list once. train: forward and backward of all
  * num_microbatches; else forward-only (no grad) over the F, SEND_F and RECV_F
  * actions of microbatches < n_micro: a sub-order of a deadlock-free order is
- * deadlock-free. dl: dloss per microbatch. Adds the time blocked on receives
- * to ex->wait_s. */
+ * deadlock-free. dl: dloss per microbatch.
+ *
+ * As in torch.distributed.pipelining, a RECV posts the receive and the
+ * compute that reads it waits for it; sends never block until the end of the
+ * step. The validator proves the list deadlock-free under exactly these
+ * rules. */
 static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int train, int n_micro,
                        int sync, const float *dl, char *err, size_t errlen) {
     const ap_executor_config *c = &ex->cfg;
     MPI_Comm pp = c->pp_comm;
-    size_t A = ex->act;
-    double *wait_s = &ex->wait_s;
-    ex->n_send = 0;
+    int A = (int)ex->act;
     for (int m = 0; m < ex->nmb; m++) {
         ex->mb_loss[m] = 0;
         ex->mb_tokens[m] = 0;
@@ -481,23 +533,9 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
         l->n_free = 0;
         for (int s = l->st->max_slots - 1; s >= 0; s--) l->free_slots[l->n_free++] = s;
         for (int m = 0; m < ex->nmb; m++) {
-            l->rq_in[m] = l->rq_dout[m] = MPI_REQUEST_NULL;
             l->slot_of_mb[m] = -1;
             l->state[m] = MB_NONE;
         }
-    }
-    /* Post every receive of the step now: the buffers are per (stage, microbatch). */
-    for (int i = 0; i < c->n_actions; i++) {
-        const ap_action *a = &c->actions[i];
-        if (a->type != AP_ACT_RECV_F && a->type != AP_ACT_RECV_B) continue;
-        if (a->mb >= n_micro || (!train && a->type == AP_ACT_RECV_B)) continue;
-        lstage *l = &ex->ls[ex->local_of[a->stage]];
-        if (a->type == AP_ACT_RECV_F)
-            MPI_Irecv(mbptr(l->in, A, a->mb), (int)A, MPI_FLOAT, l->prev_rank, pipe_tag(ex, a->stage - 1, a->mb, 0),
-                      pp, &l->rq_in[a->mb]);
-        else
-            MPI_Irecv(mbptr(l->dout, A, a->mb), (int)A, MPI_FLOAT, l->next_rank, pipe_tag(ex, a->stage, a->mb, 1),
-                      pp, &l->rq_dout[a->mb]);
     }
     const ap_stage *any = ex->ls[0].st;
     size_t bt = (size_t)any->B * any->T;
@@ -508,13 +546,24 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
         if (!train && t != AP_ACT_F && t != AP_ACT_SEND_F && t != AP_ACT_RECV_F) continue;
         lstage *l = &ex->ls[ex->local_of[a->stage]];
         ap_stage *st = l->st;
+        abuf *src = NULL, *dst = NULL; /* the buffer a compute reads, the one it writes */
+        if (t == AP_ACT_F) {
+            if (l->state[m] != MB_NONE) goto order;
+            if (!st->is_first && !(src = pool_find(&l->in, m))) goto order;
+            if (src) wait_recv(ex, src, l->id, AP_ACT_RECV_F);
+            apool *to = l->next_local >= 0 ? &ex->ls[l->next_local].in : st->is_last ? NULL : &l->out;
+            if (to && !(dst = pool_take(to, ex->act, m))) goto oom;
+        } else if (t == AP_ACT_B || t == AP_ACT_I) {
+            if (l->state[m] != MB_FWD) goto order;
+            if (!st->is_last && !(src = pool_find(&l->dout, m))) goto order;
+            if (src) wait_recv(ex, src, l->id, AP_ACT_RECV_B);
+            apool *to = l->prev_local >= 0 ? &ex->ls[l->prev_local].dout : st->is_first ? NULL : &l->din;
+            if (to && !(dst = pool_take(to, ex->act, m))) goto oom;
+        }
         double t0 = MPI_Wtime();
         int rc = 0;
         switch (t) {
         case AP_ACT_F: {
-            if (l->prev_local >= 0 && ex->ls[l->prev_local].state[m] < MB_FWD) goto order;
-            if (l->state[m] != MB_NONE) goto order;
-            if (!st->is_first && l->prev_local < 0) *wait_s += timed_wait(&l->rq_in[m]);
             int slot = -1;
             if (train) {
                 if (!l->n_free) {
@@ -525,26 +574,22 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
                 slot = l->free_slots[--l->n_free];
                 l->slot_of_mb[m] = slot;
             }
-            rc = st->ops->forward(st, slot, st->is_first ? tokens + (size_t)m * bt : NULL,
-                                  st->is_first ? NULL : mbptr(l->in, A, m), st->is_last ? NULL : mbptr(l->out, A, m),
-                                  st->is_last ? labels + (size_t)m * bt : NULL, &ex->mb_loss[m], &ex->mb_tokens[m]);
+            rc = st->ops->forward(st, slot, st->is_first ? tokens + (size_t)m * bt : NULL, src ? src->buf : NULL,
+                                  dst ? dst->buf : NULL, st->is_last ? labels + (size_t)m * bt : NULL,
+                                  &ex->mb_loss[m], &ex->mb_tokens[m]);
             l->state[m] = MB_FWD;
             break;
         }
         case AP_ACT_B:
         case AP_ACT_I: {
-            if (l->state[m] != MB_FWD) goto order;
-            if (l->next_local >= 0 && ex->ls[l->next_local].state[m] < MB_DIN) goto order;
-            if (!st->is_last && l->next_local < 0) *wait_s += timed_wait(&l->rq_dout[m]);
-            const float *dout = st->is_last ? NULL : mbptr(l->dout, A, m);
-            float *din = st->is_first ? NULL : mbptr(l->din, A, m);
             float dloss = st->is_last ? dl[m] : 0.0f;
             if (t == AP_ACT_B) {
-                rc = st->ops->backward(st, l->slot_of_mb[m], dout, dloss, din);
+                rc = st->ops->backward(st, l->slot_of_mb[m], src ? src->buf : NULL, dloss, dst ? dst->buf : NULL);
                 l->free_slots[l->n_free++] = l->slot_of_mb[m];
                 l->state[m] = MB_DONE;
             } else {
-                rc = st->ops->backward_input(st, l->slot_of_mb[m], dout, dloss, din);
+                rc = st->ops->backward_input(st, l->slot_of_mb[m], src ? src->buf : NULL, dloss,
+                                             dst ? dst->buf : NULL);
                 l->state[m] = MB_DIN;
             }
             break;
@@ -556,30 +601,34 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             l->state[m] = MB_DONE;
             break;
         case AP_ACT_SEND_F:
-            if (l->state[m] < MB_FWD) goto order;
-            if (push_req(&ex->rq_send, &ex->n_send, &ex->cap_send)) goto oom;
-            MPI_Isend(mbptr(l->out, A, m), (int)A, MPI_FLOAT, l->next_rank, pipe_tag(ex, a->stage, m, 0), pp,
-                      &ex->rq_send[ex->n_send - 1]);
-            break;
-        case AP_ACT_RECV_F:
-            *wait_s += timed_wait(&l->rq_in[m]);
-            break;
-        case AP_ACT_SEND_B:
-            if (l->state[m] < MB_DIN) goto order;
-            if (push_req(&ex->rq_send, &ex->n_send, &ex->cap_send)) goto oom;
-            MPI_Isend(mbptr(l->din, A, m), (int)A, MPI_FLOAT, l->prev_rank, pipe_tag(ex, a->stage - 1, m, 1), pp,
-                      &ex->rq_send[ex->n_send - 1]);
-            break;
-        case AP_ACT_RECV_B:
-            *wait_s += timed_wait(&l->rq_dout[m]);
+        case AP_ACT_SEND_B: {
+            int fwd = t == AP_ACT_SEND_F;
+            abuf *e = pool_find(fwd ? &l->out : &l->din, m);
+            if (!e) goto order;
+            MPI_Isend(e->buf, A, MPI_FLOAT, fwd ? l->next_rank : l->prev_rank,
+                      pipe_tag(ex, fwd ? a->stage : a->stage - 1, m, !fwd), pp, &e->rq);
             break;
         }
+        case AP_ACT_RECV_F:
+        case AP_ACT_RECV_B: {
+            int fwd = t == AP_ACT_RECV_F;
+            apool *p = fwd ? &l->in : &l->dout;
+            if (pool_find(p, m)) goto order; /* posted twice */
+            abuf *e = pool_take(p, ex->act, m);
+            if (!e) goto oom;
+            MPI_Irecv(e->buf, A, MPI_FLOAT, fwd ? l->prev_rank : l->next_rank,
+                      pipe_tag(ex, fwd ? a->stage - 1 : a->stage, m, !fwd), pp, &e->rq);
+            break;
+        }
+        }
+        if (src) src->mb = -1; /* consumed: the stage copied what it keeps */
         if (rc) {
             ap_errf(err, errlen, "executor: stage %d failed in %s of microbatch %d (%d)", l->id, type_name(t), m, rc);
             return -1;
         }
+        double t1 = MPI_Wtime();
         if (train && ap_act_is_compute(t)) {
-            l->cost_s[t] += MPI_Wtime() - t0;
+            l->cost_s[t] += t1 - t0;
             l->cost_n[t]++;
         }
         if (train && sync && i == l->last_bwd && !l->dp_started && start_dp(ex, l)) goto oom;
@@ -587,15 +636,17 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
             int flag;
             MPI_Testall(ex->n_dp, ex->rq_dp, &flag, MPI_STATUSES_IGNORE); /* progress the all-reduces */
         }
-        trace(ex, a, t0, MPI_Wtime());
+        trace(ex, a, t0, t1, 0);
         continue;
     order:
         ap_errf(err, errlen, "executor: pp rank %d: action %d%s%d comes before the work it depends on on this rank",
                ex->pp_rank, a->stage, type_name(t), m);
         return -1;
     }
-    MPI_Waitall(ex->n_send, ex->rq_send, MPI_STATUSES_IGNORE);
-    ex->n_send = 0;
+    for (int li = 0; li < ex->n_local; li++) {
+        pool_drain(&ex->ls[li].out);
+        pool_drain(&ex->ls[li].din);
+    }
     return 0;
 oom:
     ap_errf(err, errlen, "executor: out of memory");
@@ -791,6 +842,13 @@ void ap_executor_scale_grads_by_divisor(ap_executor *ex, double divisor) {
 }
 
 int ap_executor_scale_in_schedule(const ap_executor *ex) { return ex->cfg.scale_grads_in_schedule; }
+
+int ap_executor_act_buffers(const ap_executor *ex) {
+    int n = 0;
+    for (int li = 0; li < ex->n_local; li++)
+        n += ex->ls[li].in.n + ex->ls[li].dout.n + ex->ls[li].out.n + ex->ls[li].din.n;
+    return n;
+}
 
 int ap_executor_action_cost(const ap_executor *ex, int stage, int type, double *mean_s) {
     if (stage < 0 || stage >= ex->cfg.num_stages || ex->local_of[stage] < 0 || type <= AP_ACT_NONE ||

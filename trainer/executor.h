@@ -3,11 +3,15 @@
  * Every pp rank holds one or more stages (trainer/stage.h) and an ordered list
  * of actions (stage, F|B|I|W|SEND_F|RECV_F|SEND_B|RECV_B, microbatch) produced
  * by the schedule generators and their lowering pass. The executor:
- *   - posts every receive of the step up front (buffers sized B*T*C from the
- *     stages, no shape exchange) and waits on one only where the schedule
- *     reads it: time blocked there is the measured bubble;
+ *   - posts a receive at its RECV action (buffers sized B*T*C from the
+ *     stages, no shape exchange) and waits on it only in the compute that
+ *     reads it, as torch.distributed.pipelining does: time blocked there is
+ *     the measured bubble;
  *   - sends with MPI_Isend on the pp communicator, one tag per
- *     (stage boundary, microbatch, direction);
+ *     (stage boundary, microbatch, direction), and waits for the sends at the
+ *     end of the step;
+ *   - keeps activation buffers in per-stage pools sized by what the schedule
+ *     holds in flight, not by the number of microbatches;
  *   - passes activations between neighbouring stages of the same rank in
  *     memory (no message);
  *   - feeds token ids to the first stage only and labels to the last only;
@@ -129,6 +133,10 @@ double ap_executor_grad_sumsq(const ap_executor *ex, int inf);
 
 /* 1 when created with scale_grads_in_schedule. */
 int ap_executor_scale_in_schedule(const ap_executor *ex);
+
+/* Activation buffers this rank holds in its pools (inputs, output grads and
+ * send buffers of every local stage): what the schedule keeps in flight. */
+int ap_executor_act_buffers(const ap_executor *ex);
 
 /* Mean measured time (s) of the compute actions of `type` (F, B, I, W) of a
  * local stage over the training steps so far (timing includes waits for a
