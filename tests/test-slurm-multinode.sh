@@ -28,9 +28,22 @@ t "-N 2 --ntasks-per-node=2 --pp-size=2 -n 4: each node holds one whole stage (d
 # Two "nodes" on one host: Open MPI's shared-memory BTL (vader) of ranks on
 # n1 and on n2 collide and crash (seen: segfault in mca_btl_vader_poll_handle_frag);
 # real separate nodes would not share it. Use TCP on loopback here, through
-# ob1 (the UCX pml would pick shared memory again).
-OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix -N 2 --ntasks-per-node=2 --pp-size=2 -n 4 "$AUTOPIPE" mesh >"$d/out" 2>"$d/err"; rc=$?
-t "autopipe mesh across the two nodes succeeds (communicators checked)" '[ $rc -eq 0 ]'
+# ob1 (the UCX pml would pick shared memory again). Even so, once in a few
+# dozen runs under load a rank died of SIGSEGV while Open MPI started up on
+# this two-slurmd-on-one-host setup: such a launch is retried once, and says so.
+twice() {
+  "$@"; rc=$?
+  [ $rc -eq 0 ] && return 0
+  echo "# '$*' failed (exit $rc), retrying once; its stderr:"; sed "s/^/#   /" "$d/err" | tail -8
+  "$@"
+}
+mesh2() {
+  OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix -N 2 --ntasks-per-node=2 --pp-size=2 -n 4 "$AUTOPIPE" mesh \
+    >"$d/out" 2>"$d/err"
+}
+twice mesh2; rc=$?
+t "autopipe mesh across the two nodes succeeds (communicators checked)" \
+  '[ $rc -eq 0 ] || { sed "s/^/#   /" "$d/err"; false; }'
 t "... with the plugin's coordinates and per-node local ranks" \
   '[ "$(cat "$d/out")" = "$(printf "rank 0 pp=0 dp=0 tp=0 local=0 source=env\nrank 1 pp=0 dp=1 tp=0 local=1 source=env\nrank 2 pp=1 dp=0 tp=0 local=0 source=env\nrank 3 pp=1 dp=1 tp=0 local=1 source=env")" ]'
 
@@ -53,13 +66,14 @@ t "jobs/pretrain-multi-node.sbatch: accepted on 2 nodes (sbatch --test-only)" '[
 # Training with stage 0 on n1 and stage 1 on n2 = the same run on one node:
 # the same per-step losses, grad norms and val loss in the metrics JSONL.
 tiny_yaml "$d/tiny.yaml" 2 1
-for where in "one:-N 1 -w n1" "two:-N 2 --ntasks-per-node=1"; do
-  name=${where%%:*}
+train2() { # name, srun placement flags
   # shellcheck disable=SC2086
-  (cd "$d" && OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix ${where#*:} --pp-size=2 -n 2 "$AUTOPIPE" train \
-     --config "$d/tiny.yaml" --checkpoint.enabled false --logging.metrics_file "$d/$name.jsonl") \
-     >"$d/$name.out" 2>"$d/err"; eval "rc_$name=\$?"
-done
+  (cd "$d" && rm -f "$d/$1.jsonl" && OMPI_MCA_btl=self,tcp OMPI_MCA_pml=ob1 S --mpi=pmix $2 --pp-size=2 -n 2 \
+     "$AUTOPIPE" train --config "$d/tiny.yaml" --checkpoint.enabled false --logging.metrics_file "$d/$1.jsonl") \
+     >"$d/$1.out" 2>"$d/err"
+}
+twice train2 one "-N 1 -w n1"; rc_one=$?
+twice train2 two "-N 2 --ntasks-per-node=1"; rc_two=$?
 t "autopipe train -N 1 --pp-size=2 -n 2 (both stages on n1) completes" \
   '[ $rc_one -eq 0 ] && grep -q "^step 3/3 " "$d/one.out"'
 t "autopipe train -N 2 --pp-size=2 -n 2 (a stage per node) completes" \

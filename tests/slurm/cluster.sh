@@ -52,6 +52,11 @@ cluster_log() { echo "# cluster: $*"; }
 cluster_start() {
   nodes=${1:-1}; shift
   plugin=$(cluster_plugin) || return 1
+  # One private cluster at a time on this machine (held until this shell
+  # exits): clusters side by side (make check -j2) have crashed each other's
+  # Open MPI jobs, and Slurm tests are timing-sensitive under load anyway.
+  exec 9>"${TMPDIR:-/tmp}/autopipe-slurm-cluster.lock"
+  flock -w 540 9 || { cluster_log "another test's Slurm cluster held the lock for 9 min"; return 1; }
   CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ap-slurm.XXXXXX") || return 1
   CLUSTER_MARK="AP_TEST_CLUSTER=$CLUSTER_DIR"
   trap cluster_stop EXIT
@@ -117,17 +122,17 @@ cluster_start() {
 
   env "$CLUSTER_MARK" "$MUNGED" -F --force --key-file="$d/munge/munge.key" --socket="$sock" \
     --pid-file="$d/munge-run/munged.pid" --log-file="$d/log/munged.log" \
-    --seed-file="$d/munge/munged.seed" >"$d/log/munged.out" 2>&1 &
+    --seed-file="$d/munge/munged.seed" >"$d/log/munged.out" 2>&1 9>&- &
   CLUSTER_PIDS="$!"
   t=0; while [ ! -S "$sock" ] && [ $t -lt 100 ]; do sleep 0.1; t=$((t + 1)); done
   [ -S "$sock" ] || { cluster_log "munged did not start"; cluster_dump; return 1; }
 
-  env "$CLUSTER_MARK" "$SLURMCTLD" -D -i -f "$SLURM_CONF" >"$d/log/slurmctld.out" 2>&1 &
+  env "$CLUSTER_MARK" "$SLURMCTLD" -D -i -f "$SLURM_CONF" >"$d/log/slurmctld.out" 2>&1 9>&- &
   CLUSTER_PIDS="$CLUSTER_PIDS $!"
   i=1
   while [ "$i" -le "$nodes" ]; do
     mkdir -p "$d/spool/n$i" "$d/tmp/n$i"
-    env "$CLUSTER_MARK" "$SLURMD" -D -N "n$i" -f "$SLURM_CONF" >"$d/log/slurmd.n$i.out" 2>&1 &
+    env "$CLUSTER_MARK" "$SLURMD" -D -N "n$i" -f "$SLURM_CONF" >"$d/log/slurmd.n$i.out" 2>&1 9>&- &
     CLUSTER_PIDS="$CLUSTER_PIDS $!"
     i=$((i + 1))
   done
