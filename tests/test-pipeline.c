@@ -154,7 +154,7 @@ static int reference(const tcase *c, int nmb, double *losses, double *norms, flo
         for (int s0 = 0; s0 < G; s0 += B) { /* one chunk, or one chunk per microbatch */
             double ls = 0;
             long n = 0;
-            st->ops->forward(st, 0, tok + s0 * T, NULL, NULL, lab + s0 * T, &ls, &n);
+            st->ops->forward(st, 0, tok + s0 * T, NULL, NULL, NULL, lab + s0 * T, &ls, &n);
             float dl = c->in_schedule ? (float)(1.0 / ((double)n * nmb * c->dp)) : (float)(1.0 / N);
             st->ops->backward(st, 0, NULL, dl, NULL);
             loss += c->in_schedule ? ls / n / (nmb * c->dp) : ls / N;
@@ -314,7 +314,7 @@ static void run_case(const tcase *c) {
                 double ls_sum = 0, rl = 0;
                 long nn = 0;
                 int B = ref->B;
-                for (int s0 = 0; s0 < G; s0 += B) ref->ops->forward(ref, -1, gt + s0 * T, NULL, NULL, gl + s0 * T, &ls_sum, &nn);
+                for (int s0 = 0; s0 < G; s0 += B) ref->ops->forward(ref, -1, gt + s0 * T, NULL, NULL, NULL, gl + s0 * T, &ls_sum, &nn);
                 rl = ls_sum / nn;
                 eval_err = fabs(vloss - rl) / rl;
                 free(gt), free(gl);
@@ -351,7 +351,10 @@ static void run_case(const tcase *c) {
 }
 
 /* Activation buffers follow the schedule's window, not the microbatch count:
- * 1f1b at pp 2 holds as many buffers per rank with 16 microbatches as with 4. */
+ * 1f1b at pp 2 holds a handful of buffers per rank with 4 microbatches and
+ * with 16 (how many send buffers are still in flight when the next one is
+ * needed depends on timing, so the bound is loose: 6, against 16 x 4 for
+ * buffers per microbatch). */
 static void buffer_window(void) {
     MPI_Comm comm;
     MPI_Comm_split(MPI_COMM_WORLD, world_rank < 2 ? 0 : MPI_UNDEFINED, world_rank, &comm);
@@ -390,12 +393,12 @@ static void buffer_window(void) {
         }
         MPI_Comm_free(&comm);
     }
-    int v[3] = {fail, 0, 0};
-    if (world_rank < 2) v[1] = nbuf[1] != nbuf[0] || nbuf[1] > 4 || nbuf[1] < 1, v[2] = nbuf[1];
-    MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int v[4] = {fail, 0, 0, 0};
+    if (world_rank < 2) v[1] = nbuf[0] > 6 || nbuf[1] > 6 || nbuf[1] < 1, v[2] = nbuf[0], v[3] = nbuf[1];
+    MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (!world_rank)
-        ok(!v[0] && !v[1], "1f1b pp=2: activation buffers per rank do not grow with microbatches (%d with 16, "
-                           "same as with 4, at most 4)", v[2]);
+        ok(!v[0] && !v[1], "1f1b pp=2: activation buffers per rank stay within the schedule's window (at most "
+                           "%d with 4 microbatches, %d with 16; bound 6)", v[2], v[3]);
 }
 
 /* The executor refuses action lists it cannot run, with a message. */
