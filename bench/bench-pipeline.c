@@ -117,7 +117,7 @@ int main(int argc, char **argv) {
             long nt = 0;
             for (int m = 0; m < nmb; m++) {
                 size_t off = (size_t)m * mbs * T;
-                if (s->ops->forward(s, 0, tok + off, NULL, NULL, lab + off, &ls, &nt) ||
+                if (s->ops->forward(s, 0, tok + off, NULL, NULL, NULL, lab + off, &ls, &nt) ||
                     s->ops->backward(s, 0, NULL, 1.0f / (float)n, NULL))
                     DIE("one-process step failed");
             }

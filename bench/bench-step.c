@@ -132,7 +132,7 @@ static int run_config(int threads, int ckpt, int steps, int B, int T) {
         memset(s->grads, 0, n * sizeof(float));
         double ls = 0;
         long cnt = 0;
-        if (s->ops->forward(s, 0, tok, NULL, NULL, lab, &ls, &cnt)) return 1;
+        if (s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &ls, &cnt)) return 1;
         double t1 = now();
         if (s->ops->backward(s, 0, NULL, 1.0f / (float)cnt, NULL)) return 1;
         double t2 = now();

@@ -220,10 +220,13 @@ long long ap_custom_param_count(const ap_model_config *mc, int first_layer, int 
 
 /* ---- forward ---- */
 
-static void layer_forward(custom *m, const cm_w *w, const cm_acts *a, const float *x, float *out) {
+/* pos: packed rows' position ids (the model has no positional encoding; they
+ * only keep attention within each example), or NULL. */
+static void layer_forward(custom *m, const cm_w *w, const cm_acts *a, const int32_t *pos, const float *x,
+                          float *out) {
     size_t N = m->N, C = m->C, F = m->F;
     ap_matmul_forward(a->qkv, x, w->win, w->bin, N, C, 3 * C, 0);
-    ap_attention_forward(a->y, a->att, a->qkv, m->B, m->T, m->H, m->H, m->D, 0, m->scale);
+    ap_attention_forward(a->y, a->att, a->qkv, pos, m->B, m->T, m->H, m->H, m->D, 0, m->scale);
     ap_matmul_forward(a->r1, a->y, w->wo, w->bo, N, C, C, 0);
     for (size_t i = 0; i < N * C; i++) a->r1[i] += x[i];
     ap_layernorm_forward(a->x1, a->mean1, a->rstd1, a->r1, w->n1w, w->n1b, N, C, m->eps);
@@ -234,8 +237,8 @@ static void layer_forward(custom *m, const cm_w *w, const cm_acts *a, const floa
     ap_layernorm_forward(out, a->mean2, a->rstd2, a->r2, w->n2w, w->n2b, N, C, m->eps);
 }
 
-static int cm_forward(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
-                      const int32_t *labels, double *loss_sum, long *n_tokens) {
+static int cm_forward(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in,
+                      float *out, const int32_t *labels, double *loss_sum, long *n_tokens) {
     custom *m = s->impl;
     if (slot >= m->max_slots) {
         set_err(m, "custom stage %d: slot %d out of range (max_slots %d)", s->stage_id, slot, m->max_slots);
@@ -247,6 +250,12 @@ static int cm_forward(ap_stage *s, int slot, const int32_t *tokens, const float 
         return -1;
     }
     size_t N = m->N, C = m->C, V = m->V;
+    for (size_t n = 0; pos && n < N; n++)
+        if (pos[n] < 0 || (size_t)pos[n] > n % m->T) {
+            set_err(m, "custom stage %d: position id %d at %zu outside [0, %zu]", s->stage_id, (int)pos[n], n,
+                    n % m->T);
+            return -1;
+        }
     float *x = sl->resid;
     if (m->has_embed) {
         if (!tokens) {
@@ -268,7 +277,7 @@ static int cm_forward(ap_stage *s, int slot, const int32_t *tokens, const float 
         }
         memcpy(x, in, N * C * sizeof *x);
     }
-    for (size_t l = 0; l < m->L; l++) layer_forward(m, &m->w[l], &sl->layers[l], x + l * N * C, x + (l + 1) * N * C);
+    for (size_t l = 0; l < m->L; l++) layer_forward(m, &m->w[l], &sl->layers[l], pos, x + l * N * C, x + (l + 1) * N * C);
     const float *xl = x + m->L * N * C;
     if (m->has_head) {
         if (!labels) {

@@ -60,13 +60,15 @@ void ap_rope_inv_freq(float *inv_freq, size_t D, double theta, int kind, double 
                       double low_freq_factor, double high_freq_factor, int original_max_pos);
 /* cos, sin (T, D/2) for positions 0..T-1 (the two halves of HF's emb are equal) */
 void ap_rope_cos_sin(float *cos_, float *sin_, const float *inv_freq, size_t T, size_t D);
-/* In place on x: N rows (position = row % T), each nh heads of D floats
- * starting at x + row * stride. rotate_half convention:
+/* In place on x: N rows, each nh heads of D floats starting at x + row *
+ * stride. Row n is at position pos[n] (0 <= pos[n] < T; HF's position_ids,
+ * which restart at each example of a packed sequence), or n % T when pos is
+ * NULL. rotate_half convention:
  * x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin (x1, x2 the halves of a head). */
-void ap_rope_forward(float *x, const float *cos_, const float *sin_, size_t N, size_t T, size_t nh,
-                     size_t D, size_t stride);
+void ap_rope_forward(float *x, const float *cos_, const float *sin_, const int32_t *pos, size_t N, size_t T,
+                     size_t nh, size_t D, size_t stride);
 /* In place: dx = rotation by -angle of dout (same layout). */
-void ap_rope_backward(float *dx, const float *cos_, const float *sin_, size_t N, size_t T,
+void ap_rope_backward(float *dx, const float *cos_, const float *sin_, const int32_t *pos, size_t N, size_t T,
                       size_t nh, size_t D, size_t stride);
 
 /* ---- causal self-attention with grouped-query heads ----
@@ -76,9 +78,13 @@ void ap_rope_backward(float *dx, const float *cos_, const float *sin_, size_t N,
  * position i sees keys j with i - window < j <= i (HF Mistral/Qwen2 sliding
  * window); window <= 0: all j <= i. Scores are scaled by `scale` (1/sqrt(D)).
  * The products run through cblas_sgemm per (batch, head). */
-/* y (B, T, NH D), att (B, NH, T, T) softmax probabilities (0 where masked) */
-void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size_t T, size_t NH,
-                          size_t NKV, size_t D, int window, float scale);
+/* pos (B, T) position ids or NULL: with pos, a query at i also sees only
+ * keys j >= i - pos[i], its own example of a packed row (what transformers'
+ * varlen attention does for position_ids that restart); pos[i] <= i.
+ * y (B, T, NH D), att (B, NH, T, T) softmax probabilities (0 where masked):
+ * the backward reads the mask from att. */
+void ap_attention_forward(float *y, float *att, const float *qkv, const int32_t *pos, size_t B, size_t T,
+                          size_t NH, size_t NKV, size_t D, int window, float scale);
 /* dqkv (B, T, S) overwritten; dy (B, T, NH D);
  * scratch (nt, T, T) with nt = ap_kernels_threads() (or AP_KERNELS_MAX_THREADS) */
 void ap_attention_backward(float *dqkv, float *scratch, const float *dy, const float *qkv,

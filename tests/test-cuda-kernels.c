@@ -179,11 +179,11 @@ static void test_rope(const shape *s) {
     ap_rope_cos_sin(cs, sn, inv, T, D);
     float *x = rnd(N * stride, 1);
     float *d_x = upf(x, N * stride), *d_cs = upf(cs, T * D / 2), *d_sn = upf(sn, T * D / 2);
-    ap_rope_forward(x, cs, sn, N, T, nh, D, stride);
+    ap_rope_forward(x, cs, sn, NULL, N, T, nh, D, stride);
     ap_rope_forward_cuda(d_x, d_cs, d_sn, N, T, nh, D, stride);
     check("rope_forward (query heads of qkv, others untouched)", s->name, d_x, x, N * stride,
           TOL_ELT);
-    ap_rope_backward(x, cs, sn, N, T, nh, D, stride);
+    ap_rope_backward(x, cs, sn, NULL, N, T, nh, D, stride);
     ap_rope_backward_cuda(d_x, d_cs, d_sn, N, T, nh, D, stride);
     check("rope_backward", s->name, d_x, x, N * stride, TOL_ELT);
     free(inv); free(cs); free(sn); free(x);
@@ -205,7 +205,7 @@ static void test_attention(const shape *s) {
     AP_CUDA_CHECK(cudaMalloc((void **)&d_att, B * NH * T * T * sizeof(float)));
     AP_CUDA_CHECK(cudaMalloc((void **)&d_scr, NH * T * T * sizeof(float)));
     char what[96];
-    ap_attention_forward(y, att, qkv, B, T, NH, NKV, D, s->window, scale);
+    ap_attention_forward(y, att, qkv, NULL, B, T, NH, NKV, D, s->window, scale);
     ap_attention_forward_cuda(d_y, d_att, d_qkv, B, T, NH, NKV, D, s->window, scale);
     snprintf(what, sizeof what, "attention_forward y (NH %zu NKV %zu window %d)", NH, NKV,
              s->window);

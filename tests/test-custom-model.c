@@ -41,7 +41,7 @@ static void randomize(ap_stage *s) {
 static double loss_of(ap_stage *s, const float *in) {
     double l = 0;
     long n = 0;
-    if (s->ops->forward(s, -1, tok, in, NULL, lab, &l, &n)) return NAN;
+    if (s->ops->forward(s, -1, tok, NULL, in, NULL, lab, &l, &n)) return NAN;
     return l;
 }
 
@@ -76,7 +76,7 @@ static void test_fd(void) {
     randomize(s);
     double l = 0;
     long n = 0;
-    int rc = s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &n) || s->ops->backward(s, 0, NULL, 1.0f, NULL);
+    int rc = s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &n) || s->ops->backward(s, 0, NULL, 1.0f, NULL);
     ok(!rc && n == B * T - 2 && isfinite(l), "whole model: forward and backward (%ld label tokens, loss %.4f)", n, l);
     double worst = 0;
     const char *wname = "";
@@ -98,7 +98,7 @@ static void test_fd(void) {
     size_t NC = (size_t)B * T * 8;
     float *in = malloc(NC * sizeof *in), *din = malloc(NC * sizeof *din);
     for (size_t i = 0; i < NC; i++) in[i] = frand();
-    rc = s->ops->forward(s, 0, NULL, in, NULL, lab, &l, &n) || s->ops->backward(s, 0, NULL, 1.0f, din);
+    rc = s->ops->forward(s, 0, NULL, NULL, in, NULL, lab, &l, &n) || s->ops->backward(s, 0, NULL, 1.0f, din);
     double e = rc ? INFINITY : fd_rel(s, in, din, NC, in);
     ok(e < 2e-2, "stage layers 1-2 + head: input gradient vs finite differences: rel %.2g", e);
     ap_stage_destroy(s);
@@ -123,20 +123,20 @@ static void test_split(void) {
     double l1 = 0, l2 = 0, l3 = 0;
     long n = 0;
     /* two microbatches in flight, backwards in reverse order */
-    rc |= w->ops->forward(w, 0, tok, NULL, NULL, lab, &l1, &n) | w->ops->forward(w, 1, tok2, NULL, NULL, lab2, &l1, &n);
+    rc |= w->ops->forward(w, 0, tok, NULL, NULL, NULL, lab, &l1, &n) | w->ops->forward(w, 1, tok2, NULL, NULL, NULL, lab2, &l1, &n);
     rc |= w->ops->backward(w, 1, NULL, 0.1f, NULL) | w->ops->backward(w, 0, NULL, 0.1f, NULL);
-    rc |= w2->ops->forward(w2, 0, tok, NULL, NULL, lab, &l2, &n) | w2->ops->forward(w2, 1, tok2, NULL, NULL, lab2, &l2, &n);
+    rc |= w2->ops->forward(w2, 0, tok, NULL, NULL, NULL, lab, &l2, &n) | w2->ops->forward(w2, 1, tok2, NULL, NULL, NULL, lab2, &l2, &n);
     rc |= w2->ops->backward_input(w2, 1, NULL, 0.1f, NULL) | w2->ops->backward_input(w2, 0, NULL, 0.1f, NULL);
     rc |= w2->ops->backward_weight(w2, 1) | w2->ops->backward_weight(w2, 0);
     ok(!rc && l1 == l2 && !memcmp(w->grads, w2->grads, w->n_params * sizeof(float)),
        "backward == backward_input then backward_weight, bit for bit (2 slots in flight)");
     size_t NC = (size_t)B * T * 8;
     float *x = malloc(NC * sizeof *x), *dx = malloc(NC * sizeof *dx);
-    rc |= a->ops->forward(a, 0, tok, NULL, x, NULL, NULL, NULL) | b->ops->forward(b, 0, NULL, x, NULL, lab, &l3, &n);
+    rc |= a->ops->forward(a, 0, tok, NULL, NULL, x, NULL, NULL, NULL) | b->ops->forward(b, 0, NULL, NULL, x, NULL, lab, &l3, &n);
     rc |= b->ops->backward(b, 0, NULL, 0.1f, dx) | a->ops->backward(a, 0, dx, 0.f, NULL);
     l1 = 0;
     memset(w->grads, 0, w->n_params * sizeof(float));
-    rc |= w->ops->forward(w, 0, tok, NULL, NULL, lab, &l1, &n) | w->ops->backward(w, 0, NULL, 0.1f, NULL);
+    rc |= w->ops->forward(w, 0, tok, NULL, NULL, NULL, lab, &l1, &n) | w->ops->backward(w, 0, NULL, 0.1f, NULL);
     double worst = 0;
     for (int k = 0; k < 2; k++) {
         ap_stage *p = k ? b : a;
@@ -214,11 +214,11 @@ static void test_errors(void) {
     bad[3] = V;
     double l = 0;
     long n = 0;
-    ok(s->ops->forward(s, 0, bad, NULL, NULL, lab, &l, &n) && strstr(ap_custom_stage_error(s), "token id 11"),
+    ok(s->ops->forward(s, 0, bad, NULL, NULL, NULL, lab, &l, &n) && strstr(ap_custom_stage_error(s), "token id 11"),
        "token outside the vocabulary: %s", ap_custom_stage_error(s));
     ok(s->ops->backward(s, 0, NULL, 1.0f, NULL) && strstr(ap_custom_stage_error(s), "without its forward"),
        "backward without forward: %s", ap_custom_stage_error(s));
-    ok(s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &n) == 0 && s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &n) &&
+    ok(s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &n) == 0 && s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &n) &&
            strstr(ap_custom_stage_error(s), "in use"),
        "forward into a busy slot: %s", ap_custom_stage_error(s));
     ap_stage_destroy(s);

@@ -58,9 +58,9 @@ static void test_shards(void) {
         /* 22 (input, next) pairs in windows of 5: 4 full + 1 of 2 */
         ok(ap_dataset_len(d) == 5, "samples: ceil((23-1)/5) = 5, got %zu", ap_dataset_len(d));
         int32_t x[5], y[5];
-        ap_dataset_get(d, 1, x, y);
+        ap_dataset_get(d, 1, x, y, NULL);
         ok(x[0] == tok[5] && y[0] == tok[6] && x[4] == tok[9] && y[4] == tok[10], "window 1: labels shifted by one");
-        ap_dataset_get(d, 4, x, y);
+        ap_dataset_get(d, 4, x, y, NULL);
         ok(x[0] == tok[20] && y[1] == tok[22] && y[2] == AP_IGNORE_INDEX && x[3] == 0 && y[4] == AP_IGNORE_INDEX,
            "last window padded, pad labels -100");
         ap_dataset_free(d);
@@ -117,23 +117,35 @@ static void test_sft(void) {
     if (d) {
         ok(ap_dataset_len(d) == 3, "padded: one sample per example");
         int32_t x[5], y[5];
-        ap_dataset_get(d, 0, x, y);
+        ap_dataset_get(d, 0, x, y, NULL);
         ok(x[0] == 1 && x[3] == 4 && x[4] == 19 && y[0] == -100 && y[2] == 4 && y[3] == 5 && y[4] == -100,
            "padded example: pad id in, -100 out");
-        ap_dataset_get(d, 1, x, y);
+        ap_dataset_get(d, 1, x, y, NULL);
         ok(x[4] == 10 && y[4] == 11, "long example truncated to seq_len");
-        ap_dataset_get(d, 2, x, y);
+        ap_dataset_get(d, 2, x, y, NULL);
         ok(x[1] == 14 && y[0] == 14 && y[1] == -100, "no labels: next tokens of the example");
+        int32_t pos[5];
+        ap_dataset_get(d, 2, x, y, pos);
+        ok(!ap_dataset_has_positions(d) && pos[0] == 0 && pos[4] == 4, "padded: no position ids of its own (0..T-1)");
         ap_dataset_free(d);
     }
     o.packed = 1;
     ok(ap_dataset_open(&d, &o, err, sizeof err) == 0 && ap_dataset_len(d) == 3, "packed: 13 pairs -> 3 samples");
     if (d) {
         int32_t x[5], y[5];
-        ap_dataset_get(d, 0, x, y);
+        ap_dataset_get(d, 0, x, y, NULL);
         ok(x[3] == 4 && x[4] == 6 && y[4] == 7, "packed: next example continues the sample");
-        ap_dataset_get(d, 2, x, y);
+        ap_dataset_get(d, 2, x, y, NULL);
         ok(x[0] == 12 && x[1] == 13 && x[2] == 14 && x[3] == 19 && y[3] == -100, "packed: tail padded");
+        /* rows: 1 2 3 4 | 6 / 7 8 9 10 11 / 12 | 13 14 pad pad */
+        int32_t p0[5], p1[5], p2[5];
+        static const int32_t e0[5] = {0, 1, 2, 3, 0}, e1[5] = {0, 1, 2, 3, 4}, e2[5] = {0, 0, 1, 2, 3};
+        ap_dataset_get(d, 0, x, y, p0);
+        ap_dataset_get(d, 1, x, y, p1);
+        ap_dataset_get(d, 2, x, y, p2);
+        ok(ap_dataset_has_positions(d) && !memcmp(p0, e0, sizeof p0) && !memcmp(p1, e1, sizeof p1) &&
+               !memcmp(p2, e2, sizeof p2),
+           "packed: position ids restart at each example and at each row (the cut example goes on from 0)");
         ap_dataset_free(d);
     }
     o.packed = 0;
@@ -163,7 +175,7 @@ static void test_text_split_loader(void) {
     ok(ap_dataset_open(&d, &o, err, sizeof err) == 0, "open text: %s", err);
     if (!d) return;
     int32_t x[4], y[4];
-    ap_dataset_get(d, 0, x, y);
+    ap_dataset_get(d, 0, x, y, NULL);
     ok(x[0] == AP_BYTE_BOS && x[1] == 'h' && y[0] == 'h' && y[3] == 'l', "text: BOS then bytes");
     ok(ap_dataset_len(d) == 8, "32 tokens -> 8 windows of 4 (got %zu)", ap_dataset_len(d));
     o.vocab_size = 1000;
@@ -175,8 +187,8 @@ static void test_text_split_loader(void) {
            ap_dataset_len(va) == 2,
        "split 25%%: 6 train + 2 val");
     int32_t vx[4], vy[4];
-    ap_dataset_get(va, 0, vx, vy);
-    ap_dataset_get(d, 6, x, y);
+    ap_dataset_get(va, 0, vx, vy, NULL);
+    ap_dataset_get(d, 6, x, y, NULL);
     ok(!memcmp(vx, x, sizeof x), "val is the tail of the data");
     ap_dataset_free(d); /* slices keep the storage alive */
 
@@ -185,39 +197,39 @@ static void test_text_split_loader(void) {
     ap_loader_init(&a, tr, 1, 42, err, sizeof err);
     int seen[6] = {0};
     int32_t bx[6 * 4], by[6 * 4];
-    ap_loader_next(&a, 6, bx, by, err, sizeof err);
+    ap_loader_next(&a, 6, bx, by, NULL, err, sizeof err);
     for (int i = 0; i < 6; i++)
         for (int j = 0; j < 6; j++) {
-            ap_dataset_get(tr, (size_t)j, x, y);
+            ap_dataset_get(tr, (size_t)j, x, y, NULL);
             if (!memcmp(x, bx + 4 * i, sizeof x)) seen[j]++;
         }
     int perm = 1, moved = 0;
     for (int j = 0; j < 6; j++) perm &= seen[j] == 1;
     for (int i = 0; i < 6; i++) {
-        ap_dataset_get(tr, (size_t)i, x, y);
+        ap_dataset_get(tr, (size_t)i, x, y, NULL);
         moved |= memcmp(x, bx + 4 * i, sizeof x) != 0;
     }
     ok(perm && moved, "one epoch visits every sample once, shuffled");
-    ap_loader_next(&a, 3, bx, by, err, sizeof err); /* into epoch 1 */
+    ap_loader_next(&a, 3, bx, by, NULL, err, sizeof err); /* into epoch 1 */
     ap_loader_state saved = a.st;
     ok(saved.epoch == 1 && saved.index == 3, "state: epoch 1, index 3");
     int32_t n1[10 * 4], n2[10 * 4], l1[40], l2[40];
-    ap_loader_next(&a, 10, n1, l1, err, sizeof err);
+    ap_loader_next(&a, 10, n1, l1, NULL, err, sizeof err);
     ap_loader_init(&b, tr, 1, 42, err, sizeof err);
     ok(ap_loader_set_state(&b, &saved, err, sizeof err) == 0, "restore state");
-    ap_loader_next(&b, 10, n2, l2, err, sizeof err);
+    ap_loader_next(&b, 10, n2, l2, NULL, err, sizeof err);
     ok(!memcmp(n1, n2, sizeof n1) && !memcmp(l1, l2, sizeof l1), "restored loader continues the same order");
     ap_loader_free(&b);
     ap_loader_init(&b, tr, 1, 43, err, sizeof err);
-    ap_loader_next(&b, 10, n2, l2, err, sizeof err);
+    ap_loader_next(&b, 10, n2, l2, NULL, err, sizeof err);
     ok(memcmp(n1, n2, sizeof n1) != 0, "another seed, another order");
     ap_loader_state badst = {42, 0, 99};
     ok(ap_loader_set_state(&b, &badst, err, sizeof err) < 0, "state past the data rejected");
     ap_loader_free(&a);
     ap_loader_free(&b);
     ap_loader_init(&a, tr, 0, 1, err, sizeof err);
-    ap_loader_next(&a, 2, bx, by, err, sizeof err);
-    ap_dataset_get(tr, 1, x, y);
+    ap_loader_next(&a, 2, bx, by, NULL, err, sizeof err);
+    ap_dataset_get(tr, 1, x, y, NULL);
     ok(!memcmp(x, bx + 4, sizeof x), "shuffle off: file order");
     ap_loader_free(&a);
     ap_dataset_free(tr);

@@ -148,7 +148,7 @@ int main(void) {
         lab[n - 1] = v;
         double ls = 0;
         long cnt = 0;
-        full->ops->forward(full, -1, buf, NULL, NULL, lab, &ls, &cnt);
+        full->ops->forward(full, -1, buf, NULL, NULL, NULL, lab, &ls, &cnt);
         if (ls < lmin) lmin = ls, argmin = v;
         if (v == best) lbest = ls;
     }

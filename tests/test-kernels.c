@@ -112,22 +112,36 @@ static void test_rmsnorm(size_t N, size_t C, int p1) {
     free(c.inp), free(c.w), free(c.out), free(c.rstd), free(c.r), free(dinp), free(dw), free(g), free(dw2);
 }
 
+/* Position ids of packed rows: examples of 1, 2, 3, ... tokens back to back
+ * in each row of T (HF position_ids restart at every example). */
+static int32_t *packed_pos(size_t B, size_t T) {
+    int32_t *pos = malloc(B * T * sizeof *pos);
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0, len = 1 + b, p = 0; t < T; t++) {
+            pos[b * T + t] = (int32_t)p;
+            if (++p == len) p = 0, len++;
+        }
+    return pos;
+}
+
 /* ------------------------------------------------------------------- rope */
 typedef struct {
     size_t N, T, nh, D, stride;
     float *x, *work, *cs, *sn, *r;
+    const int32_t *pos;
 } rp_ctx;
 static double rp_loss(void *p) {
     rp_ctx *c = p;
     memcpy(c->work, c->x, c->N * c->stride * sizeof(float));
-    ap_rope_forward(c->work, c->cs, c->sn, c->N, c->T, c->nh, c->D, c->stride);
+    ap_rope_forward(c->work, c->cs, c->sn, c->pos, c->N, c->T, c->nh, c->D, c->stride);
     return dot_r(c->work, c->r, c->N * c->stride);
 }
-static void test_rope(size_t N, size_t T, size_t nh, size_t D, size_t extra) {
+static void test_rope(size_t N, size_t T, size_t nh, size_t D, size_t extra, int packed) {
     size_t stride = nh * D + extra, half = D / 2;
     float *inv = zeros(half);
+    int32_t *pos = packed ? packed_pos(N / T, T) : NULL;
     rp_ctx c = {N, T, nh, D, stride, rnd(N * stride, 1), zeros(N * stride), zeros(T * half), zeros(T * half),
-                rnd(N * stride, 1)};
+                rnd(N * stride, 1), pos};
     ap_rope_inv_freq(inv, D, 10000.0, AP_ROPE_KIND_DEFAULT, 1, 1, 1, 1);
     ap_rope_cos_sin(c.cs, c.sn, inv, T, D);
     double err = 0;
@@ -135,22 +149,23 @@ static void test_rope(size_t N, size_t T, size_t nh, size_t D, size_t extra) {
     for (size_t n = 0; n < N; n++)
         for (size_t h = 0; h < nh; h++)
             for (size_t i = 0; i < D; i++) {
-                double th = (double)(n % T) * pow(10000.0, -(double)(2 * (i % half)) / D);
+                double th = (double)(pos ? (size_t)pos[n] : n % T) * pow(10000.0, -(double)(2 * (i % half)) / D);
                 const float *v = c.x + n * stride + h * D;
                 double rot = i < half ? -v[i + half] : v[i - half];
                 double ref = v[i] * cos(th) + rot * sin(th);
                 err = fmax(err, fabs(ref - c.work[n * stride + h * D + i]));
             }
-    ok(err < 1e-4, "rope forward N=%zu D=%zu vs rotate_half in double (err %.2e)", N, D, err);
+    const char *how = packed ? " (packed position ids)" : "";
+    ok(err < 1e-4, "rope forward N=%zu D=%zu%s vs rotate_half in double (err %.2e)", N, D, how, err);
     int untouched = 1;
     for (size_t n = 0; n < N; n++)
         for (size_t i = nh * D; i < stride; i++) untouched &= c.work[n * stride + i] == c.x[n * stride + i];
     ok(untouched, "rope leaves the columns past nh*D alone");
     float *g = malloc(N * stride * sizeof(float));
     memcpy(g, c.r, N * stride * sizeof(float));
-    ap_rope_backward(g, c.cs, c.sn, N, T, nh, D, stride);
-    ok(fd_check(rp_loss, &c, c.x, g, N * stride, 1e-2f) < TOL, "rope backward N=%zu nh=%zu D=%zu", N, nh, D);
-    free(inv), free(c.x), free(c.work), free(c.cs), free(c.sn), free(c.r), free(g);
+    ap_rope_backward(g, c.cs, c.sn, pos, N, T, nh, D, stride);
+    ok(fd_check(rp_loss, &c, c.x, g, N * stride, 1e-2f) < TOL, "rope backward N=%zu nh=%zu D=%zu%s", N, nh, D, how);
+    free(pos), free(inv), free(c.x), free(c.work), free(c.cs), free(c.sn), free(c.r), free(g);
 }
 
 static void test_rope_scaling(void) {
@@ -183,17 +198,19 @@ typedef struct {
     size_t B, T, NH, NKV, D;
     int window;
     float *qkv, *y, *att, *r;
+    const int32_t *pos;
 } at_ctx;
 static double at_loss(void *p) {
     at_ctx *c = p;
-    ap_attention_forward(c->y, c->att, c->qkv, c->B, c->T, c->NH, c->NKV, c->D, c->window,
+    ap_attention_forward(c->y, c->att, c->qkv, c->pos, c->B, c->T, c->NH, c->NKV, c->D, c->window,
                          1.0f / sqrtf((float)c->D));
     return dot_r(c->y, c->r, c->B * c->T * c->NH * c->D);
 }
-static void test_attention(size_t B, size_t T, size_t NH, size_t NKV, size_t D, int window) {
+static void test_attention(size_t B, size_t T, size_t NH, size_t NKV, size_t D, int window, int packed) {
     size_t S = (NH + 2 * NKV) * D, Q = NH * D;
+    int32_t *pos = packed ? packed_pos(B, T) : NULL;
     at_ctx c = {B, T, NH, NKV, D, window, rnd(B * T * S, 1), zeros(B * T * Q), zeros(B * NH * T * T),
-                rnd(B * T * Q, 1)};
+                rnd(B * T * Q, 1), pos};
     at_loss(&c);
     /* naive reference in double */
     double err = 0;
@@ -205,7 +222,8 @@ static void test_attention(size_t B, size_t T, size_t NH, size_t NKV, size_t D, 
                 size_t kh = h / (NH / NKV);
                 double mx = -INFINITY, sum = 0;
                 for (size_t j = 0; j < T; j++) {
-                    int vis = j <= i && (window <= 0 || i - j < (size_t)window);
+                    int vis = j <= i && (window <= 0 || i - j < (size_t)window) &&
+                              (!pos || j + (size_t)pos[b * T + i] >= i); /* i's own example */
                     if (!vis) { sc[j] = -INFINITY; continue; }
                     const float *k = c.qkv + (b * T + j) * S + Q + kh * D;
                     double s = 0;
@@ -223,13 +241,14 @@ static void test_attention(size_t B, size_t T, size_t NH, size_t NKV, size_t D, 
                 }
             }
     free(sc);
-    ok(err < 1e-5, "attention forward B=%zu T=%zu H=%zu/%zu D=%zu window=%d vs double (err %.2e)", B, T, NH,
-       NKV, D, window, err);
+    const char *how = packed ? " packed" : "";
+    ok(err < 1e-5, "attention forward B=%zu T=%zu H=%zu/%zu D=%zu window=%d%s vs double (err %.2e)", B, T, NH,
+       NKV, D, window, how, err);
     float *dqkv = rnd(B * T * S, 1), *scr = zeros(AP_KERNELS_MAX_THREADS * T * T); /* garbage in dqkv: must be overwritten */
     ap_attention_backward(dqkv, scr, c.r, c.qkv, c.att, B, T, NH, NKV, D, window, 1.0f / sqrtf((float)D));
     ok(fd_check(at_loss, &c, c.qkv, dqkv, B * T * S, 1e-2f) < TOL,
-       "attention backward dq,dk,dv B=%zu T=%zu H=%zu/%zu D=%zu window=%d", B, T, NH, NKV, D, window);
-    free(c.qkv), free(c.y), free(c.att), free(c.r), free(dqkv), free(scr);
+       "attention backward dq,dk,dv B=%zu T=%zu H=%zu/%zu D=%zu window=%d%s", B, T, NH, NKV, D, window, how);
+    free(pos), free(c.qkv), free(c.y), free(c.att), free(c.r), free(dqkv), free(scr);
 }
 
 /* -------------------------------------------------------------------- GLU */
@@ -366,15 +385,19 @@ int main(void) {
     test_rmsnorm(7, 37, 0);
     test_rmsnorm(8, 64, 1);
     test_rmsnorm(5, 33, 1);
-    test_rope(8, 4, 2, 16, 0);
-    test_rope(7, 3, 3, 10, 5);
+    test_rope(8, 4, 2, 16, 0, 0);
+    test_rope(7, 3, 3, 10, 5, 0);
+    test_rope(14, 7, 3, 10, 5, 1);
     test_rope_scaling();
-    test_attention(2, 16, 4, 2, 8, 0);
-    test_attention(1, 7, 3, 1, 6, 0);
-    test_attention(2, 9, 4, 4, 4, 3);
-    test_attention(1, 16, 2, 1, 8, 5);
-    test_attention(1, 150, 2, 1, 8, 0);  /* several query blocks */
-    test_attention(1, 150, 2, 2, 6, 70); /* blocks that skip the far past */
+    test_attention(2, 16, 4, 2, 8, 0, 0);
+    test_attention(1, 7, 3, 1, 6, 0, 0);
+    test_attention(2, 9, 4, 4, 4, 3, 0);
+    test_attention(1, 16, 2, 1, 8, 5, 0);
+    test_attention(1, 150, 2, 1, 8, 0, 0);  /* several query blocks */
+    test_attention(1, 150, 2, 2, 6, 70, 0); /* blocks that skip the far past */
+    test_attention(3, 16, 4, 2, 8, 0, 1);   /* packed rows: each example sees only itself */
+    test_attention(2, 9, 3, 1, 6, 4, 1);    /* ... and a sliding window */
+    test_attention(1, 150, 2, 1, 8, 0, 1);  /* ... over several query blocks */
     test_glu(8, 32, AP_GLU_SILU);
     test_glu(5, 19, AP_GLU_SILU);
     test_glu(8, 32, AP_GLU_GELU_TANH);
@@ -419,10 +442,10 @@ int main(void) {
         float *qkv = rnd(Bt * Tt * S, 1), *ya = zeros(Bt * Tt * NH * D), *yb = zeros(Bt * Tt * NH * D);
         float *aa = zeros(Bt * NH * Tt * Tt), *ab = zeros(Bt * NH * Tt * Tt), *dya = rnd(Bt * Tt * NH * D, 1);
         float *qa = zeros(Bt * Tt * S), *qb = zeros(Bt * Tt * S), *scr = zeros(AP_KERNELS_MAX_THREADS * Tt * Tt);
-        ap_attention_forward(ya, aa, qkv, Bt, Tt, NH, NKV, D, 0, 0.25f);
+        ap_attention_forward(ya, aa, qkv, NULL, Bt, Tt, NH, NKV, D, 0, 0.25f);
         ap_attention_backward(qa, scr, dya, qkv, aa, Bt, Tt, NH, NKV, D, 0, 0.25f);
         ap_kernels_set_threads(2);
-        ap_attention_forward(yb, ab, qkv, Bt, Tt, NH, NKV, D, 0, 0.25f);
+        ap_attention_forward(yb, ab, qkv, NULL, Bt, Tt, NH, NKV, D, 0, 0.25f);
         ap_attention_backward(qb, scr, dya, qkv, ab, Bt, Tt, NH, NKV, D, 0, 0.25f);
         ap_kernels_set_threads(1);
         ok(!memcmp(ya, yb, Bt * Tt * NH * D * 4) && !memcmp(qa, qb, Bt * Tt * S * 4),

@@ -117,7 +117,7 @@ static void perturb(ap_stage *s) {
 static double loss_nograd(ap_stage *s, const int32_t *tok, const int32_t *lab) {
     double l = 0;
     long n = 0;
-    s->ops->forward(s, -1, tok, NULL, NULL, lab, &l, &n);
+    s->ops->forward(s, -1, tok, NULL, NULL, NULL, lab, &l, &n);
     return l;
 }
 
@@ -130,7 +130,7 @@ static void test_fd(const family *f) {
     make_batch(tok, lab, f->mc.vocab_size, 0);
     double loss = 0;
     long cnt = 0;
-    int rc = s->ops->forward(s, 0, tok, NULL, NULL, lab, &loss, &cnt);
+    int rc = s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &loss, &cnt);
     rc |= s->ops->backward(s, 0, NULL, 1.0f, NULL);
     ok(rc == 0 && cnt == 9 && loss > 0 && isfinite(loss), "%s: forward/backward (loss %.4f over %ld labels)",
        f->name, loss, cnt);
@@ -211,10 +211,10 @@ static void test_split(const family *f) {
     float *h = malloc(N * (size_t)mc->hidden_size * sizeof(float)), *dh = malloc(N * (size_t)mc->hidden_size * sizeof(float));
     double lw = 0, ls = 0;
     long nw = 0, ns = 0;
-    int rc = whole->ops->forward(whole, 0, tok, NULL, NULL, lab, &lw, &nw);
+    int rc = whole->ops->forward(whole, 0, tok, NULL, NULL, NULL, lab, &lw, &nw);
     rc |= whole->ops->backward(whole, 0, NULL, 0.25f, NULL);
-    rc |= s0->ops->forward(s0, 0, tok, NULL, h, NULL, NULL, NULL);
-    rc |= s1->ops->forward(s1, 0, NULL, h, NULL, lab, &ls, &ns);
+    rc |= s0->ops->forward(s0, 0, tok, NULL, NULL, h, NULL, NULL, NULL);
+    rc |= s1->ops->forward(s1, 0, NULL, NULL, h, NULL, lab, &ls, &ns);
     rc |= s1->ops->backward(s1, 0, NULL, 0.25f, dh);
     rc |= s0->ops->backward(s0, 0, dh, 0, NULL);
     ok(rc == 0 && lw == ls && nw == ns, "%s: 2-stage loss equals the 1-stage loss exactly (%.6f)", f->name, ls);
@@ -282,7 +282,7 @@ static void test_pipeline_contracts(const family *f) {
         int rc = 0;
         const int order[3] = {1, 0, 2};
 #define FWD(i, slot, m) \
-    rc |= st[i]->ops->forward(st[i], slot, tok[m], in[m], outs[i][m], lab[m], &loss[i], &cnt[i])
+    rc |= st[i]->ops->forward(st[i], slot, tok[m], NULL, in[m], outs[i][m], lab[m], &loss[i], &cnt[i])
         /* reference: one slot, backward order 1, 0, 2 */
         for (int o = 0; o < 3; o++) {
             int m = order[o];
@@ -395,7 +395,7 @@ static void test_names_and_init(void) {
     for (int i = 0; i < N; i++) has_pad |= tok[i] == 3;
     double l = 0;
     long c = 0;
-    s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &c);
+    s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &c);
     s->ops->backward(s, 0, NULL, 1.0f, NULL);
     e = ap_llama_find_param(s, "model.embed_tokens.weight");
     int zero_row = 1, other = 0;
@@ -439,23 +439,79 @@ static void test_errors(void) {
     double l = 0;
     long c = 0;
     tok[5] = 13;
-    ok(s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &c) < 0 && strstr(ap_llama_stage_error(s), "tokens[0][5]"),
+    ok(s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &c) < 0 && strstr(ap_llama_stage_error(s), "tokens[0][5]"),
        "token id >= vocab is an error: %s", ap_llama_stage_error(s));
     tok[5] = 1;
     lab[3] = -5;
-    ok(s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &c) < 0 && strstr(ap_llama_stage_error(s), "labels"),
+    ok(s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &c) < 0 && strstr(ap_llama_stage_error(s), "labels"),
        "label -5 is an error: %s", ap_llama_stage_error(s));
     lab[3] = -100;
     ok(s->ops->backward(s, 1, NULL, 1, NULL) < 0 && strstr(ap_llama_stage_error(s), "empty"),
        "backward of an empty slot is an error: %s", ap_llama_stage_error(s));
-    ok(s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &c) == 0 &&
-           s->ops->forward(s, 0, tok, NULL, NULL, lab, &l, &c) < 0,
+    ok(s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &c) == 0 &&
+           s->ops->forward(s, 0, tok, NULL, NULL, NULL, lab, &l, &c) < 0,
        "forward into a busy slot is an error: %s", ap_llama_stage_error(s));
     ok(s->ops->backward_weight(s, 0) < 0 && strstr(ap_llama_stage_error(s), "backward_input"),
        "backward_weight before backward_input is an error: %s", ap_llama_stage_error(s));
-    ok(s->ops->forward(s, 7, tok, NULL, NULL, lab, &l, &c) < 0, "slot out of range is an error");
+    ok(s->ops->forward(s, 7, tok, NULL, NULL, NULL, lab, &l, &c) < 0, "slot out of range is an error");
     ok(s->ops->backward(s, 0, NULL, 1, NULL) == 0, "the slot's backward still works after the errors");
     ap_stage_destroy(s);
+}
+
+/* Packed rows: two rows holding examples of 2+4 and 3+3 tokens, with position
+ * ids restarting at each example, give the loss and gradients of the four
+ * examples trained as rows of their own (padded, pads labelled -100); with
+ * activation checkpointing too. Malformed position ids are refused. */
+static void test_packed(const family *f) {
+    static const int len[4] = {2, 4, 3, 3};
+    int32_t ptok[N], plab[N], ppos[N], stok[2 * N], slab[2 * N];
+    for (int i = 0, e = 0, k = 0; e < 4; e++) /* example e: tokens k .. k+len-1 of the packed stream */
+        for (int t = 0; t < len[e]; t++, i++, k++) {
+            int32_t tok = (int32_t)((k * 5 + 3) % (int)f->mc.vocab_size);
+            int32_t lab = k % 4 == 3 ? -100 : (int32_t)((k * 3 + 1) % (int)f->mc.vocab_size);
+            ptok[i] = tok, plab[i] = lab, ppos[i] = t;
+            stok[e * T + t] = tok, slab[e * T + t] = lab;
+        }
+    for (int e = 0; e < 4; e++)
+        for (int t = len[e]; t < T; t++) stok[e * T + t] = 0, slab[e * T + t] = -100;
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        ap_stage *a = create(&f->mc, 0, f->mc.num_hidden_layers, 1, 1, 1, ckpt);
+        ap_stage *b = create(&f->mc, 0, f->mc.num_hidden_layers, 1, 1, 1, ckpt);
+        if (!a || !b) {
+            ok(0, "%s: packed stages created", f->name);
+            ap_stage_destroy(a), ap_stage_destroy(b);
+            return;
+        }
+        perturb(a);
+        memcpy(b->params, a->params, a->n_params * sizeof(float));
+        double la = 0, lb = 0;
+        long na = 0, nb = 0;
+        int rc = a->ops->forward(a, 0, ptok, ppos, NULL, NULL, plab, &la, &na);
+        rc |= a->ops->backward(a, 0, NULL, 1.0f, NULL);
+        for (int h = 0; h < 2; h++) { /* the four examples, two rows at a time */
+            rc |= b->ops->forward(b, 0, stok + h * N, NULL, NULL, NULL, slab + h * N, &lb, &nb);
+            rc |= b->ops->backward(b, 0, NULL, 1.0f, NULL);
+        }
+        double g = tap_max_rel_err(a->grads, b->grads, a->n_params, 1e-30);
+        ok(!rc && na == nb && fabs(la - lb) <= 1e-5 * fabs(lb) && g < 1e-4,
+           "%s%s: packed rows with position ids = each example alone (loss %.6g vs %.6g, grads rel %.2g)",
+           f->name, ckpt ? ", checkpointing" : "", la, lb, g);
+        if (!ckpt) {
+            double l0 = 0;
+            long n0 = 0;
+            a->ops->forward(a, -1, ptok, ppos, NULL, NULL, plab, &l0, &n0);
+            ok(fabs(l0 - la) <= 1e-6 * fabs(la) && loss_nograd(a, ptok, plab) != l0,
+               "%s: no-grad forward honours the position ids too", f->name);
+            int32_t bad[N];
+            memcpy(bad, ppos, sizeof bad);
+            bad[3] = 5; /* neither 0 nor one more than the previous */
+            ok(a->ops->forward(a, -1, ptok, bad, NULL, NULL, plab, &l0, &n0) < 0 &&
+                   strstr(ap_llama_stage_error(a), "position_ids[0][3] = 5"),
+               "%s: malformed position ids are refused: %s", f->name, ap_llama_stage_error(a));
+        }
+        ap_stage_destroy(a);
+        ap_stage_destroy(b);
+    }
 }
 
 int main(void) {
@@ -465,6 +521,7 @@ int main(void) {
     for (int i = 0; i < nf; i++) test_fd(&f[i]);
     for (int i = 0; i < nf; i++) test_split(&f[i]);
     for (int i = 0; i < nf; i++) test_pipeline_contracts(&f[i]);
+    for (int i = 0; i < nf; i++) test_packed(&f[i]);
     /* the same contracts with 2 threads (attention tasks split over threads) */
     ap_kernels_set_threads(2);
     test_pipeline_contracts(&f[5]);

@@ -99,7 +99,7 @@ static double logits_err(const fixture *f, ap_stage *body, ap_stage *head) {
     if (!lw) lw = find(head, "model.embed_tokens.weight");
     double e = INFINITY;
     if (h && rstd && lg && nw && lw &&
-        body->ops->forward(body, -1, f->ids, NULL, h, NULL, NULL, NULL) == 0) {
+        body->ops->forward(body, -1, f->ids, NULL, NULL, h, NULL, NULL, NULL) == 0) {
         ap_rmsnorm_forward(h, rstd, h, nw->param, N, C, (float)f->mc.rms_norm_eps, f->mc.norm_plus_one);
         ap_matmul_forward(lg, h, lw->param, NULL, N, C, V, 0);
         e = tap_max_rel_err(lg, f->logits, N * V, 1e-30);
@@ -174,7 +174,7 @@ static void run(const char *top, const char *name) {
     ok(le <= TOL_OUT, "%s: logits (%d x %d x %d) rel err %.2e", name, f.B, f.T, f.mc.vocab_size, le);
     double loss_sum = 0;
     long cnt = 0;
-    int rc = full->ops->forward(full, 0, f.ids, NULL, NULL, f.labels, &loss_sum, &cnt);
+    int rc = full->ops->forward(full, 0, f.ids, NULL, NULL, NULL, f.labels, &loss_sum, &cnt);
     double loss = cnt ? loss_sum / (double)cnt : NAN, lerr = fabs(loss - f.loss) / fabs((double)f.loss);
     ok(rc == 0 && cnt == f.n_tokens && lerr <= TOL_OUT, "%s: loss %.7f vs transformers %.7f (rel %.2e, %ld tokens)",
        name, loss, (double)f.loss, lerr, cnt);
@@ -196,8 +196,8 @@ static void run(const char *top, const char *name) {
         float *h = malloc(NC * sizeof *h), *dh = malloc(NC * sizeof *dh);
         double ls = 0;
         long c2 = 0;
-        int r = s0->ops->forward(s0, 0, f.ids, NULL, h, NULL, NULL, NULL) ||
-                s1->ops->forward(s1, 0, NULL, h, NULL, f.labels, &ls, &c2) ||
+        int r = s0->ops->forward(s0, 0, f.ids, NULL, NULL, h, NULL, NULL, NULL) ||
+                s1->ops->forward(s1, 0, NULL, NULL, h, NULL, f.labels, &ls, &c2) ||
                 s1->ops->backward(s1, 0, NULL, dloss, dh) || s0->ops->backward(s0, 0, dh, 0, NULL);
         double l2 = c2 ? ls / (double)c2 : NAN;
         ok(!r && fabs(l2 - f.loss) / fabs((double)f.loss) <= TOL_OUT, "%s: two-stage loss %.7f", name, l2);
@@ -218,7 +218,7 @@ static void run(const char *top, const char *name) {
     if (okc) {
         double ls = 0;
         long c3 = 0;
-        okc = ck->ops->forward(ck, 0, f.ids, NULL, NULL, f.labels, &ls, &c3) == 0 &&
+        okc = ck->ops->forward(ck, 0, f.ids, NULL, NULL, NULL, f.labels, &ls, &c3) == 0 &&
               ck->ops->backward_input(ck, 0, NULL, dloss, NULL) == 0 && ck->ops->backward_weight(ck, 0) == 0 &&
               fabs(ls / (double)c3 - f.loss) / fabs((double)f.loss) <= TOL_OUT;
     }

@@ -82,6 +82,17 @@ check $? "pp 2 1f1b, scale_grads_in_schedule: per-step loss, grad norm and val l
 [ "$rc_tok" = 0 ] && ! same "$tmp/sft_tok.jsonl" "$tmp/sft_ref.jsonl" >/dev/null
 check $? "scale_grads_in_schedule trains differently from the default token-count scaling on such data"
 
+# dataset.packed: position ids restart at each example and every stage keeps
+# attention within it, so the second stage needs them too
+$AUTOPIPE train $common $sft --dataset.packed true --distributed.pp_size 1 \
+    --logging.metrics_file "$tmp/pk_ref.jsonl" >"$tmp/pk_ref.out" 2>&1
+check $? "one process trains packed SFT data (reference)"
+$MPIRUN -np 2 $AUTOPIPE train $common $sft --dataset.packed true --distributed.pp_size 2 \
+    --autopipeline.pp_schedule 1f1b --logging.metrics_file "$tmp/pk_pp2.jsonl" >"$tmp/pk_pp2.out" 2>&1
+check $? "mpirun -np 2 autopipe train on packed SFT data runs"
+same "$tmp/pk_ref.jsonl" "$tmp/pk_pp2.jsonl"
+check $? "pp 2 1f1b on packed SFT: per-step loss, grad norm and val loss equal one process"
+
 $MPIRUN -np 3 $AUTOPIPE train $common --distributed.pp_size 2 >"$tmp/bad.out" 2>&1
 rc=$?
 [ "$rc" = 2 ] && grep -q "pp" "$tmp/bad.out"

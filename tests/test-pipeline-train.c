@@ -207,7 +207,7 @@ static void run_case(const tcase *c) {
         }
         bubble = ap_pipeline_engine_bubble(&pe);
         { /* a loop asking for the other scaling than the executor's is refused (before any message) */
-            ap_step_batch bad = {nmb, MBS, T, NULL, NULL, !c->in_sched};
+            ap_step_batch bad = {nmb, MBS, T, NULL, NULL, !c->in_sched, NULL};
             double ls = 0;
             long nt = 0;
             char e2[256] = "";

@@ -140,7 +140,7 @@ int main(void) {
         if (frc == 0) {
             ap_llama_init_params(sn, 7);
             for (size_t i = 0; i < sn->n_params; i++) sn->params[i] = NAN;
-            frc = sn->ops->forward(sn, 0, tok, NULL, NULL, lab, &loss, &cnt);
+            frc = sn->ops->forward(sn, 0, tok, NULL, NULL, NULL, lab, &loss, &cnt);
         }
         ok(frc == 0 && loss != loss && cnt == 32, "NaN weights: forward succeeds with a NaN loss (rc %d, count %ld)",
            frc, cnt);

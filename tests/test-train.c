@@ -301,7 +301,7 @@ int main(void) {
         }
         double ls0 = 0, ls1 = 0;
         long nt0 = 0, nt1 = 0;
-        ap_step_batch b0 = {2, 1, T, tk, lb, 0}, b1 = {2, 1, T, tk, lb, 1};
+        ap_step_batch b0 = {2, 1, T, tk, lb, 0, NULL}, b1 = {2, 1, T, tk, lb, 1, NULL};
         memset(u->grads, 0, u->n_params * sizeof(float));
         int f0 = eu.forward_backward(&eu, &b0, 1.0f / 36, &ls0, &nt0, err, sizeof err);
         float *g0 = malloc(u->n_params * sizeof(float));

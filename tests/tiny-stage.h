@@ -19,8 +19,9 @@ typedef struct {
     float *h, *probs;              /* slot 0: (B*T, C), (B*T, V) */
 } tiny_impl;
 
-static int tiny_forward(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
-                        const int32_t *labels, double *loss_sum, long *n_tokens) {
+static int tiny_forward(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in,
+                        float *out, const int32_t *labels, double *loss_sum, long *n_tokens) {
+    (void)pos; /* no attention: positions change nothing */
     (void)in;
     (void)out;
     tiny_impl *t = s->impl;

@@ -45,8 +45,9 @@ static void linear(float *out, const float *x, const float *w, const float *b, s
         }
 }
 
-static int fwd(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out, const int32_t *labels,
-               double *loss_sum, long *n_tokens) {
+static int fwd(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in, float *out,
+               const int32_t *labels, double *loss_sum, long *n_tokens) {
+    (void)pos; /* no attention: positions change nothing */
     tiny *t = s->impl;
     int sl = slot < 0 ? s->max_slots : slot;
     if (sl > s->max_slots) return -1;

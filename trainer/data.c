@@ -34,6 +34,7 @@ typedef struct {
     int32_t *owned;
     /* samples: (n_samples, T) each */
     int32_t *inputs, *labels;
+    int32_t *positions; /* packed SFT: position ids restarting at each example; else NULL */
     size_t n_samples;
 } storage;
 
@@ -48,6 +49,7 @@ static void storage_unref(storage *s) {
     free(s->owned);
     free(s->inputs);
     free(s->labels);
+    free(s->positions);
     free(s->path);
     free(s);
 }
@@ -318,6 +320,19 @@ static int open_sft(storage *s, const char *path, int vocab, int packed, char *e
         memcpy(s->inputs, all.a, all.n * sizeof(int32_t));
         memcpy(s->labels, all.b, all.n * sizeof(int32_t));
         s->n_samples = n_samples;
+        /* Position ids restart where an example starts and where a row does
+         * (an example cut by the row end goes on from 0 in the next row), so
+         * attention stays within each example; the padding of the last row
+         * counts on from its last example. */
+        if (!(s->positions = malloc(n_samples * T * sizeof(int32_t)))) {
+            snprintf(err, errlen, "%s: out of memory for %zu samples", path, n_samples);
+            goto fail;
+        }
+        for (size_t e = 0, k = 0; k < n_samples * T; k++) {
+            while (e + 1 < n_ex && starts[e + 1] <= k) e++;
+            size_t from = starts[e] > k - k % T ? starts[e] : k - k % T;
+            s->positions[k] = (int32_t)(k - from);
+        }
     } else {
         /* one example per sample, truncated to seq_len; examples left without
          * any label token would only add zero to the loss: dropped */
@@ -466,9 +481,12 @@ size_t ap_dataset_len(const ap_dataset *d) { return d->end - d->begin; }
 int ap_dataset_seq_len(const ap_dataset *d) { return d->s->T; }
 const char *ap_dataset_path(const ap_dataset *d) { return d->s->path; }
 
-void ap_dataset_get(const ap_dataset *d, size_t i, int32_t *tokens, int32_t *labels) {
+int ap_dataset_has_positions(const ap_dataset *d) { return d->s->positions != NULL; }
+
+void ap_dataset_get(const ap_dataset *d, size_t i, int32_t *tokens, int32_t *labels, int32_t *pos) {
     const storage *s = d->s;
     size_t T = (size_t)s->T, g = d->begin + i;
+    for (size_t t = 0; pos && t < T; t++) pos[t] = s->positions ? s->positions[g * T + t] : (int32_t)t;
     if (!s->is_stream) {
         memcpy(tokens, s->inputs + g * T, T * sizeof(int32_t));
         memcpy(labels, s->labels + g * T, T * sizeof(int32_t));
@@ -531,7 +549,8 @@ int ap_loader_set_state(ap_loader *l, const ap_loader_state *st, char *err, size
     return 0;
 }
 
-int ap_loader_next(ap_loader *l, int n, int32_t *tokens, int32_t *labels, char *err, size_t errlen) {
+int ap_loader_next(ap_loader *l, int n, int32_t *tokens, int32_t *labels, int32_t *pos, char *err,
+                   size_t errlen) {
     size_t len = ap_dataset_len(l->ds), T = (size_t)ap_dataset_seq_len(l->ds);
     if (len == 0) {
         snprintf(err, errlen, "%s: no samples to load", ap_dataset_path(l->ds));
@@ -548,7 +567,7 @@ int ap_loader_next(ap_loader *l, int n, int32_t *tokens, int32_t *labels, char *
         }
         size_t i = l->shuffle ? l->perm[l->st.index] : (size_t)l->st.index;
         l->st.index++;
-        ap_dataset_get(l->ds, i, tokens + (size_t)b * T, labels + (size_t)b * T);
+        ap_dataset_get(l->ds, i, tokens + (size_t)b * T, labels + (size_t)b * T, pos ? pos + (size_t)b * T : NULL);
     }
     return 0;
 }

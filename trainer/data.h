@@ -53,8 +53,13 @@ void ap_dataset_free(ap_dataset *d);
 size_t ap_dataset_len(const ap_dataset *d);
 int ap_dataset_seq_len(const ap_dataset *d);
 const char *ap_dataset_path(const ap_dataset *d);
-/* Copies sample i (0 <= i < len) into tokens (T) and labels (T). */
-void ap_dataset_get(const ap_dataset *d, size_t i, int32_t *tokens, int32_t *labels);
+/* Copies sample i (0 <= i < len) into tokens (T) and labels (T), and, when
+ * pos is not NULL, its position ids (T): 0..T-1, or for packed SFT ids that
+ * restart at each example (HF's position_ids), which keep attention within
+ * the example. */
+void ap_dataset_get(const ap_dataset *d, size_t i, int32_t *tokens, int32_t *labels, int32_t *pos);
+/* 1 when the samples hold several examples (packed SFT): train with positions. */
+int ap_dataset_has_positions(const ap_dataset *d);
 
 /* The loader's position: all a checkpoint needs to resume the exact order.
  * The epoch's permutation is derived from (seed, epoch). */
@@ -75,9 +80,10 @@ typedef struct {
 int ap_loader_init(ap_loader *l, const ap_dataset *ds, int shuffle, uint64_t seed, char *err, size_t errlen);
 /* Restores a saved position (checkpoint resume). */
 int ap_loader_set_state(ap_loader *l, const ap_loader_state *st, char *err, size_t errlen);
-/* Fills n samples: tokens (n, T), labels (n, T). Wraps to the next epoch
- * (with a new order) when the data runs out. */
-int ap_loader_next(ap_loader *l, int n, int32_t *tokens, int32_t *labels, char *err, size_t errlen);
+/* Fills n samples: tokens (n, T), labels (n, T), and pos (n, T) unless NULL.
+ * Wraps to the next epoch (with a new order) when the data runs out. */
+int ap_loader_next(ap_loader *l, int n, int32_t *tokens, int32_t *labels, int32_t *pos, char *err,
+                   size_t errlen);
 void ap_loader_free(ap_loader *l);
 
 /* Writes a token shard. width 2 needs every token < 65536. */

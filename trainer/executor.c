@@ -519,8 +519,8 @@ static void wait_recv(ap_executor *ex, abuf *e, int stage, int recv_type) {
  * compute that reads it waits for it; sends never block until the end of the
  * step. The validator proves the list deadlock-free under exactly these
  * rules. */
-static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int train, int n_micro,
-                       int sync, const float *dl, char *err, size_t errlen) {
+static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *labels, const int32_t *pos,
+                       int train, int n_micro, int sync, const float *dl, char *err, size_t errlen) {
     const ap_executor_config *c = &ex->cfg;
     MPI_Comm pp = c->pp_comm;
     int A = (int)ex->act;
@@ -574,8 +574,8 @@ static int run_actions(ap_executor *ex, const int32_t *tokens, const int32_t *la
                 slot = l->free_slots[--l->n_free];
                 l->slot_of_mb[m] = slot;
             }
-            rc = st->ops->forward(st, slot, st->is_first ? tokens + (size_t)m * bt : NULL, src ? src->buf : NULL,
-                                  dst ? dst->buf : NULL, st->is_last ? labels + (size_t)m * bt : NULL,
+            rc = st->ops->forward(st, slot, st->is_first ? tokens + (size_t)m * bt : NULL,
+                                  pos ? pos + (size_t)m * bt : NULL, src ? src->buf : NULL, dst ? dst->buf : NULL, st->is_last ? labels + (size_t)m * bt : NULL,
                                   &ex->mb_loss[m], &ex->mb_tokens[m]);
             l->state[m] = MB_FWD;
             break;
@@ -662,8 +662,9 @@ static int need_data(ap_executor *ex, const int32_t *tokens, const int32_t *labe
     return 0;
 }
 
-int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, float dloss,
-                                 int last_of_step, double *loss_sum, long *n_tokens, char *err, size_t errlen) {
+int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, const int32_t *pos,
+                                 float dloss, int last_of_step, double *loss_sum, long *n_tokens, char *err,
+                                 size_t errlen) {
     if (need_data(ex, tokens, labels, err, errlen)) return -1;
     if (!ex->step_open) {
         ex->step_open = 1;
@@ -684,7 +685,7 @@ int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const i
             }
         }
     }
-    if (run_actions(ex, tokens, labels, 1, ex->nmb, last_of_step, dl, err, errlen)) return -1;
+    if (run_actions(ex, tokens, labels, pos, 1, ex->nmb, last_of_step, dl, err, errlen)) return -1;
     if (ex->has_last)
         for (int m = 0; m < ex->nmb; m++) {
             if (ex->cfg.scale_grads_in_schedule) {
@@ -718,16 +719,16 @@ void ap_executor_last_bubble(const ap_executor *ex, double *step_s, double *wait
     *wait_s = ex->last_wait_s;
 }
 
-int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int n_micro,
-                        double *loss_sum, long *n_tokens, char *err, size_t errlen) {
+int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, const int32_t *pos,
+                        int n_micro, double *loss_sum, long *n_tokens, char *err, size_t errlen) {
     if (need_data(ex, tokens, labels, err, errlen)) return -1;
     const ap_stage *any = ex->ls[0].st;
     size_t bt = (size_t)any->B * any->T;
     double keep = ex->wait_s; /* validation waits are not the training step's bubble */
     for (int m0 = 0; m0 < n_micro; m0 += ex->nmb) {
         int n = n_micro - m0 < ex->nmb ? n_micro - m0 : ex->nmb;
-        if (run_actions(ex, tokens ? tokens + (size_t)m0 * bt : NULL, labels ? labels + (size_t)m0 * bt : NULL, 0, n,
-                        0, NULL, err, errlen))
+        if (run_actions(ex, tokens ? tokens + (size_t)m0 * bt : NULL, labels ? labels + (size_t)m0 * bt : NULL,
+                        pos ? pos + (size_t)m0 * bt : NULL, 0, n, 0, NULL, err, errlen))
             return -1;
         if (ex->has_last)
             for (int m = 0; m < n; m++) {
@@ -759,7 +760,7 @@ int ap_executor_step(ap_executor *ex, const int32_t *tokens, const int32_t *labe
     long den = 0;
     /* scale_grads_in_schedule: each microbatch mean weighs 1 / (microbatches x dp ranks) */
     double w = ex->cfg.scale_grads_in_schedule ? 1.0 / ((double)ex->nmb * ex->dp_size) : N > 0 ? 1.0 / (double)N : 0;
-    if (ap_executor_forward_backward(ex, tokens, labels, (float)w, sync_grads, &num, &den, err, errlen))
+    if (ap_executor_forward_backward(ex, tokens, labels, NULL, (float)w, sync_grads, &num, &den, err, errlen))
         return -1;
     if (sync_grads && ap_executor_sync_grads(ex, err, errlen)) return -1;
     double loss = reduce_loss(ex, num, (double)den);
@@ -782,7 +783,7 @@ int ap_executor_eval(ap_executor *ex, const int32_t *tokens, const int32_t *labe
                      size_t errlen) {
     double num = 0;
     long den = 0;
-    if (ap_executor_forward(ex, tokens, labels, ex->nmb, &num, &den, err, errlen)) return -1;
+    if (ap_executor_forward(ex, tokens, labels, NULL, ex->nmb, &num, &den, err, errlen)) return -1;
     *loss = reduce_loss(ex, num, (double)den);
     return 0;
 }

@@ -84,9 +84,12 @@ void ap_executor_destroy(ap_executor *ex);
  * last_of_step: start each stage's dp
  * all-reduce as soon as its last backward is done. Adds this rank's summed
  * loss and label count (the last stage's; per-microbatch means and
- * microbatches with scale_grads_in_schedule) to *loss_sum, *n_tokens. */
-int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, float dloss,
-                                 int last_of_step, double *loss_sum, long *n_tokens, char *err, size_t errlen);
+ * microbatches with scale_grads_in_schedule) to *loss_sum, *n_tokens.
+ * pos: (microbatches, B, T) position ids of packed rows, given to every
+ * stage, or NULL. */
+int ap_executor_forward_backward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, const int32_t *pos,
+                                 float dloss, int last_of_step, double *loss_sum, long *n_tokens, char *err,
+                                 size_t errlen);
 
 /* Once per optimizer step, after the last forward_backward: finishes the dp
  * all-reduce (sum) and sums the tied embedding grads of the first and last
@@ -98,9 +101,9 @@ int ap_executor_sync_grads(ap_executor *ex, char *err, size_t errlen);
 void ap_executor_last_bubble(const ap_executor *ex, double *step_s, double *wait_s);
 
 /* No-grad forward of n_micro microbatches (any count) in the schedule's
- * forward order; adds this rank's loss sum and label count. */
-int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, int n_micro,
-                        double *loss_sum, long *n_tokens, char *err, size_t errlen);
+ * forward order; adds this rank's loss sum and label count. pos as above. */
+int ap_executor_forward(ap_executor *ex, const int32_t *tokens, const int32_t *labels, const int32_t *pos,
+                        int n_micro, double *loss_sum, long *n_tokens, char *err, size_t errlen);
 
 /* A whole step on top of the above: zero grads (zero_grads), count labels
  * over dp (total_tokens <= 0) or take total_tokens, forward_backward with

@@ -115,7 +115,7 @@ int ap_generator_logits(ap_generator *g, const int32_t *tokens, size_t n, float 
     /* causal attention: positions after n cannot change position n-1, so the
      * window is padded with a valid id and only row n-1 is read */
     for (size_t t = 0; t < T; t++) g->ctx[t] = t < n ? tokens[t] : tokens[n - 1];
-    if (g->body->ops->forward(g->body, -1, g->ctx, NULL, g->hidden, NULL, NULL, NULL) != 0) {
+    if (g->body->ops->forward(g->body, -1, g->ctx, NULL, NULL, g->hidden, NULL, NULL, NULL) != 0) {
         snprintf(err, errlen, "generate: forward failed: %s", ap_llama_stage_error(g->body));
         return -1;
     }

@@ -140,6 +140,8 @@ typedef struct {
     float dloss;
     int32_t *tokens; /* (N) first stage */
     int32_t *labels; /* (N) last stage */
+    int32_t *pos;    /* (N) position ids when the microbatch has them (packed rows) */
+    int has_pos;
     float *resid;    /* (L + 1, N, C): each layer's input, then the stage output */
     layer_acts *layers; /* L, without checkpointing */
     head_acts head;     /* without checkpointing */
@@ -224,6 +226,7 @@ static size_t carve_acts(llama *m, float *base) {
         slot_t *sl = &m->slots[s];
         sl->tokens = m->first ? (int32_t *)take(base, &off, N) : NULL;
         sl->labels = m->last ? (int32_t *)take(base, &off, N) : NULL;
+        sl->pos = (int32_t *)take(base, &off, N);
         sl->resid = take(base, &off, (size_t)(m->L + 1) * N * C);
         if (!m->ckpt) {
             for (int l = 0; l < m->L; l++) carve_layer_acts(m, &sl->layers[l], base, &off);
@@ -263,7 +266,8 @@ static void *alloc_floats(size_t n, size_t *bytes) {
 
 /* ---------------------------------------------------------------- layers */
 
-static void layer_forward(const llama *m, int l, const layer_acts *a, const float *x, float *out) {
+static void layer_forward(const llama *m, int l, const layer_acts *a, const int32_t *pos, const float *x,
+                          float *out) {
     const layer_w *w = &m->w[l];
     size_t N = m->N, C = m->C, S = m->S, Q = m->Q, KV = m->KV, FF = m->FF;
     ap_rmsnorm_forward(a->ln1, a->ln1_rstd, x, w->ln1, N, C, m->eps, m->plus_one);
@@ -280,9 +284,9 @@ static void layer_forward(const llama *m, int l, const layer_acts *a, const floa
                                w->kn, m->KVH, m->D, m->eps, m->plus_one);
         }
     }
-    ap_rope_forward(a->qkv, m->cos_, m->sin_, N, m->T, m->H, m->D, S);
-    ap_rope_forward(a->qkv + Q, m->cos_, m->sin_, N, m->T, m->KVH, m->D, S);
-    ap_attention_forward(a->y, a->att, a->qkv, m->B, m->T, m->H, m->KVH, m->D, m->window,
+    ap_rope_forward(a->qkv, m->cos_, m->sin_, pos, N, m->T, m->H, m->D, S);
+    ap_rope_forward(a->qkv + Q, m->cos_, m->sin_, pos, N, m->T, m->KVH, m->D, S);
+    ap_attention_forward(a->y, a->att, a->qkv, pos, m->B, m->T, m->H, m->KVH, m->D, m->window,
                          m->att_scale);
     memcpy(a->mid, x, N * C * sizeof(float));
     ap_matmul_forward(a->mid, a->y, w->wo, NULL, N, Q, C, 1); /* mid = x + o_proj(y) */
@@ -296,7 +300,7 @@ static void layer_forward(const llama *m, int l, const layer_acts *a, const floa
 /* dres (N, C): in, the gradient at the layer output; out, at its input x.
  * Fills d (the matrix products' output grads) and accumulates the RMSNorm
  * weight grads. */
-static void layer_backward_input(const llama *m, int l, const layer_acts *a, const float *x,
+static void layer_backward_input(const llama *m, int l, const layer_acts *a, const int32_t *pos, const float *x,
                                  float *dres, const layer_douts *d) {
     const layer_w *w = &m->w[l], *g = &m->g[l];
     size_t N = m->N, C = m->C, S = m->S, Q = m->Q, KV = m->KV, FF = m->FF;
@@ -311,8 +315,8 @@ static void layer_backward_input(const llama *m, int l, const layer_acts *a, con
     ap_matmul_backward_input(m->dy, d->dattn, w->wo, N, Q, C, 0);
     ap_attention_backward(d->dqkv, m->datt, m->dy, a->qkv, a->att, m->B, m->T, m->H, m->KVH, m->D,
                           m->window, m->att_scale);
-    ap_rope_backward(d->dqkv, m->cos_, m->sin_, N, m->T, m->H, m->D, S);
-    ap_rope_backward(d->dqkv + Q, m->cos_, m->sin_, N, m->T, m->KVH, m->D, S);
+    ap_rope_backward(d->dqkv, m->cos_, m->sin_, pos, N, m->T, m->H, m->D, S);
+    ap_rope_backward(d->dqkv + Q, m->cos_, m->sin_, pos, N, m->T, m->KVH, m->D, S);
     if (m->mc.qk_norm) {
         /* token by token: the q_norm/k_norm weight grads sum over tokens in order */
         size_t QK = Q + KV, HK = m->H + m->KVH;
@@ -372,8 +376,22 @@ static int check_ids(llama *m, const int32_t *ids, int allow_ignore, const char 
     return 0;
 }
 
-static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
-                        const int32_t *labels, double *loss_sum, long *n_tokens, float *logits) {
+/* Position ids must restart at 0 or count up by one: i - pos[i] is where
+ * token i's example starts, and it has to lie in the row. */
+static int check_pos(llama *m, const int32_t *pos) {
+    for (size_t n = 0; n < m->N; n++) {
+        size_t t = n % m->T;
+        if (pos[n] != 0 && (t == 0 || pos[n] != pos[n - 1] + 1)) {
+            set_err(m, "position_ids[%zu][%zu] = %d: expected 0 (an example starts) or %d (one more than the "
+                    "previous)", n / m->T, t, (int)pos[n], t ? (int)pos[n - 1] + 1 : 0);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in,
+                        float *out, const int32_t *labels, double *loss_sum, long *n_tokens, float *logits) {
     llama *m = s->impl;
     size_t NC = m->N * m->C;
     m->err[0] = 0;
@@ -393,8 +411,10 @@ static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const floa
     if (!m->last && !out) return set_err(m, "forward: stage needs an output buffer"), -1;
     if (m->first && check_ids(m, tokens, 0, "tokens")) return -1;
     if (m->last && labels && check_ids(m, labels, 1, "labels")) return -1;
+    if (pos && check_pos(m, pos)) return -1;
 
     slot_t *sl = slot >= 0 ? &m->slots[slot] : NULL;
+    if (sl && (sl->has_pos = pos != NULL)) memcpy(sl->pos, pos, m->N * sizeof(int32_t));
     float *x0 = sl ? sl->resid : m->ping;
     if (m->first) {
         ap_embedding_forward(x0, tokens, m->wte, m->N, m->C, m->emb_scale);
@@ -406,7 +426,7 @@ static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const floa
     for (int l = 0; l < m->L; l++) {
         float *y = sl ? resid_at(m, sl, l + 1) : m->ping + ((l + 1) % 2) * NC;
         const layer_acts *a = (sl && !m->ckpt) ? &sl->layers[l] : &m->sl;
-        layer_forward(m, l, a, x, y);
+        layer_forward(m, l, a, pos, x, y);
         x = y;
     }
     if (logits) {
@@ -428,9 +448,9 @@ static int forward_impl(ap_stage *s, int slot, const int32_t *tokens, const floa
     return 0;
 }
 
-static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
-                         const int32_t *labels, double *loss_sum, long *n_tokens) {
-    return forward_impl(s, slot, tokens, in, out, labels, loss_sum, n_tokens, NULL);
+static int llama_forward(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in,
+                         float *out, const int32_t *labels, double *loss_sum, long *n_tokens) {
+    return forward_impl(s, slot, tokens, pos, in, out, labels, loss_sum, n_tokens, NULL);
 }
 
 enum bw_mode { BW_FULL, BW_INPUT, BW_WEIGHT };
@@ -486,12 +506,13 @@ static int run_backward(ap_stage *s, int slot, const float *dout, float dloss, f
         if (mode != BW_WEIGHT) head_backward_input(m, h, x, dres);
         if (mode != BW_INPUT) ap_matmul_backward_weight(m->dlm, NULL, h->probs, h->lnf, m->N, m->C, m->V);
     }
+    const int32_t *pos = sl->has_pos ? sl->pos : NULL;
     for (int l = m->L - 1; l >= 0; l--) {
         const layer_acts *a = m->ckpt ? &m->sl : &sl->layers[l];
         const float *x = resid_at(m, sl, l);
-        if (m->ckpt) layer_forward(m, l, a, x, m->ping); /* recompute, same bits */
+        if (m->ckpt) layer_forward(m, l, a, pos, x, m->ping); /* recompute, same bits */
         const layer_douts *d = mode == BW_FULL ? &m->sd : &sl->stash[l];
-        if (mode != BW_WEIGHT) layer_backward_input(m, l, a, x, dres, d);
+        if (mode != BW_WEIGHT) layer_backward_input(m, l, a, pos, x, dres, d);
         if (mode != BW_INPUT) layer_backward_weight(m, l, a, d);
     }
     if (m->first) {
@@ -558,7 +579,7 @@ static const ap_stage_ops llama_ops = {
 
 int ap_llama_forward_logits(ap_stage *s, const int32_t *tokens, const float *in, float *logits) {
     if (!logits) return set_err(s->impl, "forward_logits: no output buffer"), -1;
-    return forward_impl(s, -1, tokens, in, NULL, NULL, NULL, NULL, logits);
+    return forward_impl(s, -1, tokens, NULL, in, NULL, NULL, NULL, NULL, logits);
 }
 
 const char *ap_llama_stage_error(const ap_stage *s) {

@@ -32,7 +32,8 @@ static int pe_forward_backward(ap_step_engine *e, const ap_step_batch *b, float 
         return -1;
     }
     int last = ++pe->calls >= pe->grad_acc_steps; /* start the dp all-reduce during the last batch */
-    return ap_executor_forward_backward(pe->ex, b->tokens, b->labels, dloss, last, loss_sum, n_tokens, err, errlen);
+    return ap_executor_forward_backward(pe->ex, b->tokens, b->labels, b->pos, dloss, last, loss_sum, n_tokens, err,
+                                        errlen);
 }
 
 static int pe_forward(ap_step_engine *e, const ap_step_batch *b, double *loss_sum, long *n_tokens, char *err,
@@ -42,7 +43,7 @@ static int pe_forward(ap_step_engine *e, const ap_step_batch *b, double *loss_su
         snprintf(err, errlen, "pipeline: stages take microbatches of %d samples, the loop gave %d", pe->B, b->mb);
         return -1;
     }
-    return ap_executor_forward(pe->ex, b->tokens, b->labels, b->n_micro, loss_sum, n_tokens, err, errlen);
+    return ap_executor_forward(pe->ex, b->tokens, b->labels, b->pos, b->n_micro, loss_sum, n_tokens, err, errlen);
 }
 
 static int pe_sync(ap_step_engine *e, char *err, size_t errlen) {

@@ -33,9 +33,13 @@ typedef struct {
     /* Forward one microbatch of B x T into activation slot `slot`
      * (slot < 0: no-grad forward for validation, keeps nothing).
      * First stage reads tokens (B,T); others read in (B,T,C).
+     * pos (B,T), read by every stage: position ids that restart at each
+     * example of a packed row (HF's position_ids); a token attends only
+     * within its example. NULL: positions 0..T-1 in every row. A stage keeps
+     * what its backward needs.
      * Last stage reads labels (B,T) (-100 ignored) and adds the summed loss
      * and the label-token count to *loss_sum / *n_tokens; others write out (B,T,C). */
-    int (*forward)(ap_stage *s, int slot, const int32_t *tokens, const float *in, float *out,
+    int (*forward)(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in, float *out,
                    const int32_t *labels, double *loss_sum, long *n_tokens);
     /* Backward of the microbatch in `slot`. Last stage: the gradient of the
      * loss w.r.t. its summed value is dloss (1/N for a mean over N label tokens);

@@ -26,7 +26,9 @@ static int single_forward_backward(ap_step_engine *e, const ap_step_batch *b, fl
     for (int m = 0; m < b->n_micro; m++) {
         double ls = 0;
         long nt = 0;
-        if (s->ops->forward(s, 0, b->tokens + m * n, NULL, NULL, b->labels + m * n, &ls, &nt) != 0) goto fail;
+        if (s->ops->forward(s, 0, b->tokens + m * n, b->pos ? b->pos + m * n : NULL, NULL, NULL, b->labels + m * n,
+                            &ls, &nt) != 0)
+            goto fail;
         float dl = dloss;
         if (b->mean_per_micro) { /* this microbatch's mean, weighted by dloss (as the executor does) */
             dl = nt ? (float)((double)dloss / (double)nt) : 0.0f;
@@ -50,7 +52,8 @@ static int single_forward(ap_step_engine *e, const ap_step_batch *b, double *los
     ap_stage *s = e->stages[0];
     size_t n = (size_t)b->mb * (size_t)b->T;
     for (int m = 0; m < b->n_micro; m++) {
-        if (s->ops->forward(s, -1, b->tokens + m * n, NULL, NULL, b->labels + m * n, loss_sum, n_tokens) != 0) {
+        if (s->ops->forward(s, -1, b->tokens + m * n, b->pos ? b->pos + m * n : NULL, NULL, NULL, b->labels + m * n,
+                            loss_sum, n_tokens) != 0) {
             snprintf(err, errlen, "%s", stage_msg("forward", m));
             return -1;
         }
@@ -178,9 +181,11 @@ int ap_eval_loss_batched(ap_step_engine *e, const ap_dataset *d, int n_micro, in
     }
     size_t T = (size_t)ap_dataset_seq_len(d), n = ap_dataset_len(d), rows = (size_t)n_micro * (size_t)mb;
     int32_t *tok = malloc(rows * T * sizeof *tok), *lab = malloc(rows * T * sizeof *lab);
-    if (!tok || !lab) {
+    int32_t *pos = ap_dataset_has_positions(d) ? malloc(rows * T * sizeof *pos) : NULL;
+    if (!tok || !lab || (ap_dataset_has_positions(d) && !pos)) {
         free(tok);
         free(lab);
+        free(pos);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -192,19 +197,21 @@ int ap_eval_loss_batched(ap_step_engine *e, const ap_dataset *d, int n_micro, in
         size_t left = n - i, nm = left >= rows ? (size_t)n_micro : (left + (size_t)mb - 1) / (size_t)mb;
         for (size_t b = 0; b < nm * (size_t)mb; b++) {
             if (i + b < n) {
-                ap_dataset_get(d, i + b, tok + b * T, lab + b * T);
+                ap_dataset_get(d, i + b, tok + b * T, lab + b * T, pos ? pos + b * T : NULL);
             } else { /* the stage takes whole microbatches: pad rows carry no labels */
                 for (size_t t = 0; t < T; t++) {
                     tok[b * T + t] = tok[t];
                     lab[b * T + t] = AP_IGNORE_INDEX;
+                    if (pos) pos[b * T + t] = (int32_t)t;
                 }
             }
         }
-        ap_step_batch batch = {(int)nm, mb, (int)T, tok, lab, 0};
+        ap_step_batch batch = {(int)nm, mb, (int)T, tok, lab, 0, pos};
         rv = e->forward(e, &batch, &loss, &count, err, errlen);
     }
     free(tok);
     free(lab);
+    free(pos);
     if (rv) return -1;
     double v[2] = {loss, (double)count};
     if (reduce(e, v, 2, 0, AP_REDUCE_MODEL, err, errlen) < 0) return -1;
@@ -225,11 +232,14 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
     const size_t batch_all = (size_t)o->batch_size * (size_t)o->dp_size;
     const size_t step_rows = batch_all * (size_t)o->grad_acc_steps;
     int32_t *tok = malloc(step_rows * T * sizeof *tok), *lab = malloc(step_rows * T * sizeof *lab);
+    /* packed SFT: position ids that keep attention within each example */
+    const int with_pos = ap_dataset_has_positions(train->ds);
+    int32_t *pos = with_pos ? malloc(step_rows * T * sizeof *pos) : NULL;
     adam_state *adam = calloc((size_t)e->n_stages, sizeof *adam);
     float **am = calloc((size_t)e->n_stages, sizeof *am), **av = calloc((size_t)e->n_stages, sizeof *av);
     ap_metrics met;
     int met_open = 0, rv = -1;
-    if (!tok || !lab || !adam || !am || !av) {
+    if (!tok || !lab || (with_pos && !pos) || !adam || !am || !av) {
         snprintf(err, errlen, "out of memory for %zu samples of %zu tokens", step_rows, T);
         goto done;
     }
@@ -262,7 +272,7 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
     for (; step < o->max_steps; step++) {
         double t0 = now_s();
         /* 1. the step's data, and its label-token count N before any backward */
-        if (ap_loader_next(train, (int)step_rows, tok, lab, err, errlen) < 0) goto done;
+        if (ap_loader_next(train, (int)step_rows, tok, lab, pos, err, errlen) < 0) goto done;
         long n_label = 0;
         for (size_t i = 0; i < step_rows * T; i++) n_label += lab[i] != AP_IGNORE_INDEX;
         if (n_label == 0) {
@@ -280,7 +290,7 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
         for (int a = 0; a < o->grad_acc_steps; a++) {
             size_t row = (size_t)a * batch_all + (size_t)o->dp_rank * (size_t)o->batch_size;
             ap_step_batch b = {n_micro, o->micro_batch_size, (int)T, tok + row * T, lab + row * T,
-                               o->scale_grads_in_schedule};
+                               o->scale_grads_in_schedule, pos ? pos + row * T : NULL};
             if (e->forward_backward(e, &b, dloss, &loss_sum, &counted, err, errlen) < 0) goto done;
         }
         if (e->sync_grads && e->sync_grads(e, err, errlen) < 0) goto done;
@@ -370,5 +380,6 @@ done:
     free(av);
     free(tok);
     free(lab);
+    free(pos);
     return rv;
 }

@@ -36,6 +36,9 @@ typedef struct {
      * is its mean over its n_m label tokens, backward with dloss / n_m (0
      * when n_m = 0): dloss is then the weight of one microbatch mean. */
     int mean_per_micro;
+    /* (n_micro, mb, T) position ids restarting at each example of a packed
+     * row (every stage reads them), or NULL: 0..T-1 in every row */
+    const int32_t *pos;
 } ap_step_batch;
 
 enum ap_reduce_scope {

@@ -257,12 +257,13 @@ void ap_rope_cos_sin(float *cos_, float *sin_, const float *inv_freq, size_t T, 
         }
 }
 
-static void rope_apply(float *x, const float *cos_, const float *sin_, size_t N, size_t T,
+static void rope_apply(float *x, const float *cos_, const float *sin_, const int32_t *pos, size_t N, size_t T,
                        size_t nh, size_t D, size_t stride, float sign) {
     size_t half = D / 2;
 #pragma omp parallel for if (N * nh * D > PAR_MIN)
     for (size_t n = 0; n < N; n++) {
-        const float *c = cos_ + (n % T) * half, *s = sin_ + (n % T) * half;
+        size_t t = pos ? (size_t)pos[n] : n % T;
+        const float *c = cos_ + t * half, *s = sin_ + t * half;
         for (size_t h = 0; h < nh; h++) {
             float *v = x + n * stride + h * D;
             for (size_t i = 0; i < half; i++) {
@@ -274,14 +275,14 @@ static void rope_apply(float *x, const float *cos_, const float *sin_, size_t N,
     }
 }
 
-void ap_rope_forward(float *x, const float *cos_, const float *sin_, size_t N, size_t T, size_t nh,
-                     size_t D, size_t stride) {
-    rope_apply(x, cos_, sin_, N, T, nh, D, stride, 1.0f);
+void ap_rope_forward(float *x, const float *cos_, const float *sin_, const int32_t *pos, size_t N, size_t T,
+                     size_t nh, size_t D, size_t stride) {
+    rope_apply(x, cos_, sin_, pos, N, T, nh, D, stride, 1.0f);
 }
 
-void ap_rope_backward(float *dx, const float *cos_, const float *sin_, size_t N, size_t T,
+void ap_rope_backward(float *dx, const float *cos_, const float *sin_, const int32_t *pos, size_t N, size_t T,
                       size_t nh, size_t D, size_t stride) {
-    rope_apply(dx, cos_, sin_, N, T, nh, D, stride, -1.0f);
+    rope_apply(dx, cos_, sin_, pos, N, T, nh, D, stride, -1.0f);
 }
 
 /* --------------------------------------------------------------- attention */
@@ -296,9 +297,10 @@ static inline size_t window_lo(size_t i, int window) {
  * triangle (and, with a sliding window, the far past). */
 #define ATT_QB 64
 
-/* One (batch, head): scores, masked softmax, P V. */
+/* One (batch, head): scores, masked softmax, P V. pos: the row's position
+ * ids or NULL. */
 static void attention_head_forward(float *y, float *a, const float *q, const float *k,
-                                   const float *v, size_t T, size_t D, size_t S, size_t Q,
+                                   const float *v, const int32_t *pos, size_t T, size_t D, size_t S, size_t Q,
                                    int window, float scale) {
     for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
         size_t r1 = r0 + ATT_QB < T ? r0 + ATT_QB : T, k0 = window_lo(r0, window);
@@ -306,6 +308,7 @@ static void attention_head_forward(float *y, float *a, const float *q, const flo
                     scale, q + r0 * S, (int)S, k + k0 * S, (int)S, 0.0f, a + r0 * T + k0, (int)T);
         for (size_t i = r0; i < r1; i++) {
             size_t lo = window_lo(i, window);
+            if (pos && i - (size_t)pos[i] > lo) lo = i - (size_t)pos[i]; /* start of i's example */
             float *row = a + i * T;
             float mx = -INFINITY;
             for (size_t j = lo; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
@@ -324,8 +327,8 @@ static void attention_head_forward(float *y, float *a, const float *q, const flo
     }
 }
 
-void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size_t T, size_t NH,
-                          size_t NKV, size_t D, int window, float scale) {
+void ap_attention_forward(float *y, float *att, const float *qkv, const int32_t *pos, size_t B, size_t T,
+                          size_t NH, size_t NKV, size_t D, int window, float scale) {
     size_t S = (NH + 2 * NKV) * D, Q = NH * D, group = NH / NKV;
     /* one task per (batch, head), each a single-threaded sgemm pair */
 #pragma omp parallel for schedule(static) if (n_threads > 1)
@@ -333,8 +336,8 @@ void ap_attention_forward(float *y, float *att, const float *qkv, size_t B, size
         size_t b = bh / NH, h = bh % NH;
         const float *base = qkv + b * T * S;
         attention_head_forward(y + b * T * Q + h * D, att + bh * T * T, base + h * D,
-                               base + Q + (h / group) * D, base + Q + NKV * D + (h / group) * D, T, D,
-                               S, Q, window, scale);
+                               base + Q + (h / group) * D, base + Q + NKV * D + (h / group) * D,
+                               pos ? pos + b * T : NULL, T, D, S, Q, window, scale);
     }
 }
 
