@@ -51,6 +51,9 @@ t "pp=1: per-step losses identical" 'same_losses a1 b1'
 t "pp=1: final parameters and moments bitwise identical (ckpt diff --rtol 0)" '"$A" ckpt diff a1/latest b1/latest --rtol 0'
 t "pp=1: checkpoint state: step 6, samples 48, tokens 1536, data position, lr step" \
   '"$A" ckpt info b1 --json | tr -d " \t\n" >i.json && grep -q "\"step\":6," i.json && grep -q "\"samples_consumed\":48," i.json && grep -q "\"tokens_consumed\":1536," i.json && grep -q "\"lr_step\":6," i.json && tr -d " \t\n" <b1/latest/manifest.json | grep -q "\"data_position\":\[\"1234\",\"0\",\"48\"\]"'
+t "resume with another batch shape: samples and tokens count each run's own (3 x 8 + 3 x 4 samples of 32)" \
+  '"$A" train $P1 --dataloader.batch_size 4 --checkpoint.checkpoint_dir bs4 --checkpoint.resume $T/b1/step_00000003 &&
+   "$A" ckpt info bs4 --json | tr -d " \t\n" >i4.json && grep -q "\"step\":6," i4.json && grep -q "\"samples_consumed\":36," i4.json && grep -q "\"tokens_consumed\":1152," i4.json'
 t "pp=1: a resumed run appends to its logging.metrics_file (steps 1..6 in one file, as straight)" \
   'AUTOPIPE_PREEMPT_AT_STEP=3 "$A" train $P1 --checkpoint.checkpoint_dir m1 --logging.metrics_file m1.jsonl; "$A" train $P1 --checkpoint.checkpoint_dir m1 --logging.metrics_file m1.jsonl && losses m1.jsonl >lm && losses a1.1.jsonl >la1 && cmp lm la1'
 

@@ -223,8 +223,9 @@ static ap_ckpt_tensor *stage_tensors(const ap_train_ckpt *c, const ap_train_stat
 static void fill_state(const ap_train_ckpt *c, const ap_train_state *st, ap_ckpt_state *cs, unsigned char *rng) {
     memset(cs, 0, sizeof *cs);
     cs->step = st->step;
-    cs->samples_consumed = (int64_t)st->step * c->rows_per_step;
-    cs->tokens_consumed = cs->samples_consumed * c->seq_len;
+    int64_t rows = (int64_t)(st->step - c->base_step) * c->rows_per_step;
+    cs->samples_consumed = c->base_samples + rows;
+    cs->tokens_consumed = c->base_tokens + rows * c->seq_len;
     cs->data_pos[0] = st->data.seed;
     cs->data_pos[1] = (uint64_t)st->data.epoch;
     cs->data_pos[2] = (uint64_t)st->data.index;
@@ -329,11 +330,15 @@ static int hook_resume(void *ctx, ap_train_state *st, int *resumed, char *err, s
         return -1;
     }
     st->step = (long)cs.step;
+    c->base_step = st->step;
+    c->base_samples = cs.samples_consumed;
+    c->base_tokens = cs.tokens_consumed;
     st->data.seed = cs.data_pos[0];
     st->data.epoch = (int64_t)cs.data_pos[1];
     st->data.index = (int64_t)cs.data_pos[2];
     /* a checkpoint of a run with another batch shape consumed other samples
-     * per step: the position stays exact (it counts samples), say nothing */
+     * per step: the position stays exact (it counts samples), and so do the
+     * counters (base_*) */
     ap_ckpt_state_free(&cs);
     *resumed = 1;
     return 0;

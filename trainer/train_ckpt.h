@@ -38,6 +38,10 @@ typedef struct {
     int tied;              /* tie_word_embeddings: the non-first stages' copy is not saved */
     int save;              /* checkpoint.enabled */
     char resume_from[4096];/* the checkpoint to resume from ("" = fresh) */
+    /* counters at the resumed checkpoint: later steps add this run's batch
+     * shape to them (an earlier run may have used another dp or seq_len) */
+    long base_step;
+    int64_t base_samples, base_tokens;
     char *config_json, *config_yaml;
 } ap_train_ckpt;
 
