@@ -31,6 +31,50 @@ static ap_model_config tiny_config(void) {
     return mc;
 }
 
+/* The KV cache against rerunning the context: for a model of each kind (GQA,
+ * a sliding window, q/k norms with bias-free heads of another size, Gemma's
+ * norms, embeddings scale and GeGLU), the next-token logits after every
+ * prefix of 1..W+3 tokens (W = the window, so the last ones slide it) agree. */
+static void test_kv_cache(void) {
+    enum { W = 12 };
+    for (int kind = 0; kind < 4; kind++) {
+        ap_model_config mc = tiny_config();
+        const char *name = "llama (GQA)";
+        if (kind == 1) mc.model_type = AP_MODEL_MISTRAL, mc.sliding_window = 5, name = "mistral (sliding window 5)";
+        if (kind == 2) {
+            mc.model_type = AP_MODEL_QWEN3, mc.qk_norm = 1, mc.head_dim = 16, mc.attention_bias = 1;
+            name = "qwen3 (q/k norm, head_dim 16, q/k/v bias)";
+        }
+        if (kind == 3) {
+            mc.model_type = AP_MODEL_GEMMA, mc.norm_plus_one = 1, mc.scale_embeddings = 1;
+            mc.hidden_act = AP_ACT_GELU_TANH, mc.tie_word_embeddings = 1, mc.num_key_value_heads = 1;
+            name = "gemma (1+w norms, MQA, tied)";
+        }
+        mc.initializer_range = 0.2;
+        char err[512];
+        ap_stage *full = NULL;
+        ap_generator a, b;
+        int rc = ap_llama_stage_create(&full, &mc, 0, mc.num_hidden_layers, 1, 1, 1, W, 1, 0, err, sizeof err);
+        if (rc == 0) ap_llama_init_params(full, 11);
+        rc = rc || ap_generator_init(&a, &mc, W, 1, err, sizeof err) || ap_generator_init(&b, &mc, W, 0, err, sizeof err) ||
+             ap_generator_copy_from(&a, full, err, sizeof err) || ap_generator_copy_from(&b, full, err, sizeof err);
+        int32_t tok[W + 3];
+        for (int t = 0; t < W + 3; t++) tok[t] = (int32_t)((t * 37 + 11) % 256);
+        float la[AP_BYTE_VOCAB], lb[AP_BYTE_VOCAB];
+        double worst = 0;
+        int cached = 1;
+        for (size_t n = 1; rc == 0 && n <= W + 3; n++) {
+            rc = ap_generator_logits(&a, tok, n, la, err, sizeof err) || ap_generator_logits(&b, tok, n, lb, err, sizeof err);
+            worst = fmax(worst, tap_max_rel_err(la, lb, AP_BYTE_VOCAB, 1e-30));
+            if (n <= W) cached &= ap_llama_kv_len(a.kv) == (int)n; /* one more position per token, no rerun */
+        }
+        ok(rc == 0 && worst < 1e-4 && cached, "%s: KV-cache decoding = rerunning the context, prefixes 1..%d "
+           "(logits rel %.2g)%s%s", name, W + 3, worst, rc ? ": " : "", rc ? err : "");
+        if (full) ap_stage_destroy(full);
+        if (rc == 0) ap_generator_free(&a), ap_generator_free(&b);
+    }
+}
+
 /* Runs a command, returns its first output line in buf. */
 static int run_cmd(const char *cmd, char *buf, size_t n) {
     FILE *p = popen(cmd, "r");
@@ -48,6 +92,7 @@ int main(void) {
     char err[1024];
     const int T = 32;
     ap_kernels_set_threads(1);
+    test_kv_cache();
     ap_model_config mc = tiny_config();
     char dir[] = "/tmp/ap-test-generate-XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -126,7 +171,7 @@ int main(void) {
 
     /* generate: the greedy token is the one the full model gives the lowest loss */
     ap_generator g;
-    rc = ap_generator_init(&g, &mc, 16, err, sizeof err);
+    rc = ap_generator_init(&g, &mc, 16, 1, err, sizeof err);
     if (rc == 0) rc = ap_generator_load(&g, dir, err, sizeof err);
     ok(rc == 0, "generator from the directory: %s", rc ? err : "ok");
     const char *prompt = "Once upon a ti";

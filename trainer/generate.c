@@ -21,6 +21,8 @@ static ap_param_ref *find_param(const ap_stage *s, const char *name) {
 }
 
 void ap_generator_free(ap_generator *g) {
+    ap_llama_kv_free(g->kv);
+    free(g->kv_tok);
     ap_stage_destroy(g->body);
     ap_stage_destroy(g->head);
     free(g->ctx);
@@ -30,7 +32,7 @@ void ap_generator_free(ap_generator *g) {
     memset(g, 0, sizeof *g);
 }
 
-int ap_generator_init(ap_generator *g, const ap_model_config *mc, int T, char *err, size_t errlen) {
+int ap_generator_init(ap_generator *g, const ap_model_config *mc, int T, int use_cache, char *err, size_t errlen) {
     memset(g, 0, sizeof *g);
     g->mc = *mc;
     g->T = T;
@@ -48,7 +50,11 @@ int ap_generator_init(ap_generator *g, const ap_model_config *mc, int T, char *e
     ap_param_ref *nw = find_param(g->head, "model.norm.weight");
     ap_param_ref *lw = find_param(g->head, "lm_head.weight");
     if (!lw) lw = find_param(g->head, "model.embed_tokens.weight"); /* tied */
-    if (!g->ctx || !g->hidden || !g->xn || !g->rstd || !nw || !lw) {
+    if (use_cache) {
+        g->kv = ap_llama_kv_create(g->body);
+        g->kv_tok = malloc((size_t)T * sizeof *g->kv_tok);
+    }
+    if (!g->ctx || !g->hidden || !g->xn || !g->rstd || !nw || !lw || (use_cache && (!g->kv || !g->kv_tok))) {
         snprintf(err, errlen, "%s", !nw || !lw ? "the model's head has no model.norm.weight or lm_head.weight"
                                                : "out of memory");
         ap_generator_free(g);
@@ -108,18 +114,39 @@ int ap_generator_logits(ap_generator *g, const int32_t *tokens, size_t n, float 
         return -1;
     }
     size_t T = (size_t)g->T, C = (size_t)g->mc.hidden_size;
-    if (n > T) {
+    int shifted = n > T;
+    if (shifted) {
         tokens += n - T;
         n = T;
     }
-    /* causal attention: positions after n cannot change position n-1, so the
-     * window is padded with a valid id and only row n-1 is read */
-    for (size_t t = 0; t < T; t++) g->ctx[t] = t < n ? tokens[t] : tokens[n - 1];
-    if (g->body->ops->forward(g->body, -1, g->ctx, NULL, NULL, g->hidden, NULL, NULL, NULL) != 0) {
-        snprintf(err, errlen, "generate: forward failed: %s", ap_llama_stage_error(g->body));
-        return -1;
+    const float *x;
+    if (g->kv && shifted) ap_llama_kv_reset(g->kv); /* positions moved: rerun the window whole */
+    if (g->kv && !shifted) {
+        /* the cached prefix, if it is one, plus the new tokens one at a time */
+        size_t have = (size_t)ap_llama_kv_len(g->kv);
+        if (have >= n || memcmp(tokens, g->kv_tok, have * sizeof *tokens) != 0) {
+            ap_llama_kv_reset(g->kv);
+            have = 0;
+        }
+        for (size_t t = have; t < n; t++) {
+            if (ap_llama_decode(g->body, g->kv, tokens[t], g->hidden) != 0) {
+                snprintf(err, errlen, "generate: %s", ap_llama_stage_error(g->body));
+                ap_llama_kv_reset(g->kv);
+                return -1;
+            }
+            g->kv_tok[t] = tokens[t];
+        }
+        x = g->hidden;
+    } else {
+        /* causal attention: positions after n cannot change position n-1, so
+         * the window is padded with a valid id and only row n-1 is read */
+        for (size_t t = 0; t < T; t++) g->ctx[t] = t < n ? tokens[t] : tokens[n - 1];
+        if (g->body->ops->forward(g->body, -1, g->ctx, NULL, NULL, g->hidden, NULL, NULL, NULL) != 0) {
+            snprintf(err, errlen, "generate: forward failed: %s", ap_llama_stage_error(g->body));
+            return -1;
+        }
+        x = g->hidden + (n - 1) * C;
     }
-    const float *x = g->hidden + (n - 1) * C;
     ap_rmsnorm_forward(g->xn, g->rstd, x, g->norm_w, 1, C, (float)g->mc.rms_norm_eps, g->mc.norm_plus_one);
     ap_matmul_forward(logits, g->xn, g->lm_w, NULL, 1, C, (size_t)g->mc.vocab_size, 0);
     return 0;
@@ -257,7 +284,7 @@ int ap_cmd_generate(int argc, char **argv) {
     ap_generator g;
     size_t n_prompt = n, n_out = n;
     int rv = AP_EXIT_FAIL;
-    if (ap_generator_init(&g, &mc, (int)ctx, err, sizeof err) < 0) goto fail;
+    if (ap_generator_init(&g, &mc, (int)ctx, 1, err, sizeof err) < 0) goto fail;
     if (ap_generator_load(&g, model, err, sizeof err) < 0 ||
         ap_generate(&g, buf, n, (int)max_new, temperature, seed, &n_out, err, sizeof err) < 0) {
         ap_generator_free(&g);

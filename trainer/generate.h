@@ -2,9 +2,11 @@
  *
  * The model runs as two stages of trainer/llama.h: the embedding and every
  * decoder layer (returning hidden states), and a head-only stage that holds
- * model.norm and lm_head, applied here to the last position only. Each new
- * token reruns the context (no KV cache: meant for small models). Contexts
- * longer than the window keep their last `ctx_len` tokens. */
+ * model.norm and lm_head, applied here to the last position only. Within the
+ * window, tokens run one at a time against a KV cache (ap_llama_decode), so
+ * each new token costs one position, not the whole context; a context longer
+ * than the window keeps its last T tokens, at positions 0..T-1, and is rerun
+ * whole for every new token (positions shift, cached keys would not match). */
 #ifndef AP_GENERATE_H
 #define AP_GENERATE_H
 
@@ -34,10 +36,13 @@ typedef struct {
     float *hidden;         /* (T, C) */
     float *xn, *rstd;      /* (C), (1) */
     const float *norm_w, *lm_w;
+    struct ap_llama_kv *kv; /* NULL: always rerun the context (use_cache 0) */
+    int32_t *kv_tok;        /* (T) the tokens in kv */
 } ap_generator;
 
-/* Builds the stages for a context of T tokens (parameters zero). */
-int ap_generator_init(ap_generator *g, const ap_model_config *mc, int T, char *err, size_t errlen);
+/* Builds the stages for a context of T tokens (parameters zero); use_cache 0
+ * reruns the context for every token (the reference the cache is tested against). */
+int ap_generator_init(ap_generator *g, const ap_model_config *mc, int T, int use_cache, char *err, size_t errlen);
 /* Loads a model directory's weights (ap_model_dir_load). */
 int ap_generator_load(ap_generator *g, const char *dir, char *err, size_t errlen);
 /* Copies the parameters of a whole-model stage (same config), by name. */

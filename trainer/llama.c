@@ -587,6 +587,108 @@ const char *ap_llama_stage_error(const ap_stage *s) {
     return ((const llama *)s->impl)->err;
 }
 
+/* ------------------------------------------------------- KV-cache decoding */
+
+struct ap_llama_kv {
+    int cap, n;          /* positions held / used */
+    float *k, *v;        /* (L, cap, KV) keys after q/k norm and RoPE, values */
+    float *x, *ln, *qkv, *raw, *rstd, *y, *mid, *gu, *h, *p; /* one token's scratch */
+};
+
+ap_llama_kv *ap_llama_kv_create(const ap_stage *s) {
+    if (!s || s->ops != &llama_ops) return NULL;
+    const llama *m = s->impl;
+    ap_llama_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    size_t L = (size_t)m->L, T = m->T, KV = m->KV;
+    kv->cap = (int)T;
+    kv->k = malloc(L * T * KV * sizeof(float));
+    kv->v = malloc(L * T * KV * sizeof(float));
+    kv->x = malloc(m->C * sizeof(float));
+    kv->ln = malloc(m->C * sizeof(float));
+    kv->qkv = malloc(m->S * sizeof(float));
+    kv->raw = malloc((m->Q + KV) * sizeof(float));
+    kv->rstd = malloc((m->H + m->KVH + 1) * sizeof(float));
+    kv->y = malloc(m->Q * sizeof(float));
+    kv->mid = malloc(m->C * sizeof(float));
+    kv->gu = malloc(2 * m->FF * sizeof(float));
+    kv->h = malloc(m->FF * sizeof(float));
+    kv->p = malloc(T * sizeof(float));
+    if (!kv->k || !kv->v || !kv->x || !kv->ln || !kv->qkv || !kv->raw || !kv->rstd || !kv->y || !kv->mid ||
+        !kv->gu || !kv->h || !kv->p) {
+        ap_llama_kv_free(kv);
+        return NULL;
+    }
+    return kv;
+}
+
+void ap_llama_kv_free(ap_llama_kv *kv) {
+    if (!kv) return;
+    free(kv->k), free(kv->v), free(kv->x), free(kv->ln), free(kv->qkv), free(kv->raw), free(kv->rstd);
+    free(kv->y), free(kv->mid), free(kv->gu), free(kv->h), free(kv->p);
+    free(kv);
+}
+
+int ap_llama_kv_len(const ap_llama_kv *kv) { return kv->n; }
+void ap_llama_kv_reset(ap_llama_kv *kv) { kv->n = 0; }
+
+/* The layers of layer_forward for one token at position kv->n, attending to
+ * the cached keys and values of positions before it (and its own). */
+int ap_llama_decode(ap_stage *s, ap_llama_kv *kv, int32_t token, float *out) {
+    llama *m = s->impl;
+    m->err[0] = 0;
+    if (!m->first || s->first_layer != 0)
+        return set_err(m, "decode: needs a stage holding the embedding and every layer from 0"), -1;
+    if (kv->n >= kv->cap) return set_err(m, "decode: the cache holds its %d positions", kv->cap), -1;
+    if (token < 0 || (size_t)token >= m->V)
+        return set_err(m, "decode: token %d is outside [0, vocab_size=%zu)", (int)token, m->V), -1;
+    size_t C = m->C, S = m->S, Q = m->Q, KV = m->KV, D = m->D, FF = m->FF, p = (size_t)kv->n;
+    size_t group = m->H / m->KVH, lo = m->window > 0 && p + 1 > (size_t)m->window ? p + 1 - (size_t)m->window : 0;
+    int32_t pos = (int32_t)p;
+    ap_embedding_forward(kv->x, &token, m->wte, 1, C, m->emb_scale);
+    for (int l = 0; l < m->L; l++) {
+        const layer_w *w = &m->w[l];
+        float *kc = kv->k + ((size_t)l * kv->cap) * KV, *vc = kv->v + ((size_t)l * kv->cap) * KV;
+        ap_rmsnorm_forward(kv->ln, kv->rstd, kv->x, w->ln1, 1, C, m->eps, m->plus_one);
+        ap_matmul_forward(kv->qkv, kv->ln, w->wqkv, w->bqkv, 1, C, S, 0);
+        if (m->mc.qk_norm) {
+            memcpy(kv->raw, kv->qkv, (Q + KV) * sizeof(float));
+            ap_rmsnorm_forward(kv->qkv, kv->rstd, kv->raw, w->qn, m->H, D, m->eps, m->plus_one);
+            ap_rmsnorm_forward(kv->qkv + Q, kv->rstd, kv->raw + Q, w->kn, m->KVH, D, m->eps, m->plus_one);
+        }
+        ap_rope_forward(kv->qkv, m->cos_, m->sin_, &pos, 1, m->T, m->H, D, S);
+        ap_rope_forward(kv->qkv + Q, m->cos_, m->sin_, &pos, 1, m->T, m->KVH, D, S);
+        memcpy(kc + p * KV, kv->qkv + Q, KV * sizeof(float));
+        memcpy(vc + p * KV, kv->qkv + Q + KV, KV * sizeof(float));
+        for (size_t h = 0; h < m->H; h++) {
+            const float *q = kv->qkv + h * D;
+            size_t off = (h / group) * D;
+            float mx = -INFINITY, sum = 0;
+            for (size_t j = lo; j <= p; j++) {
+                float sc = 0;
+                for (size_t d = 0; d < D; d++) sc += q[d] * kc[j * KV + off + d];
+                kv->p[j] = sc * m->att_scale;
+                mx = kv->p[j] > mx ? kv->p[j] : mx;
+            }
+            for (size_t j = lo; j <= p; j++) sum += kv->p[j] = expf(kv->p[j] - mx);
+            float *y = kv->y + h * D;
+            memset(y, 0, D * sizeof(float));
+            for (size_t j = lo; j <= p; j++)
+                for (size_t d = 0; d < D; d++) y[d] += kv->p[j] / sum * vc[j * KV + off + d];
+        }
+        memcpy(kv->mid, kv->x, C * sizeof(float));
+        ap_matmul_forward(kv->mid, kv->y, w->wo, NULL, 1, Q, C, 1);
+        ap_rmsnorm_forward(kv->ln, kv->rstd, kv->mid, w->ln2, 1, C, m->eps, m->plus_one);
+        ap_matmul_forward(kv->gu, kv->ln, w->wgu, NULL, 1, C, 2 * FF, 0);
+        ap_glu_forward(kv->h, kv->gu, 1, FF, m->act);
+        memcpy(kv->x, kv->mid, C * sizeof(float));
+        ap_matmul_forward(kv->x, kv->h, w->wdown, NULL, 1, FF, C, 1);
+    }
+    memcpy(out, kv->x, C * sizeof(float));
+    kv->n++;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- create */
 
 static int check_config(const ap_model_config *mc, int first, int last, int B, int T,

@@ -64,6 +64,18 @@ int ap_llama_stage_create(ap_stage **out, const ap_model_config *mc, int first_l
  * ap_llama_stage_error). */
 int ap_llama_forward_logits(ap_stage *s, const int32_t *tokens, const float *in, float *logits);
 
+/* Decoding with a KV cache (autopipe generate): a stage holding the
+ * embedding and layers [0, L) runs one token at a time at the next position,
+ * attending to the keys and values cached for the positions before it; up to
+ * the stage's T positions. out (C): the last layer's output for that token.
+ * Matches the stage's forward on the whole prefix (tests/test-generate.c). */
+typedef struct ap_llama_kv ap_llama_kv;
+ap_llama_kv *ap_llama_kv_create(const ap_stage *s); /* NULL: not a Llama stage, or out of memory */
+void ap_llama_kv_free(ap_llama_kv *kv);
+int ap_llama_kv_len(const ap_llama_kv *kv); /* positions cached */
+void ap_llama_kv_reset(ap_llama_kv *kv);
+int ap_llama_decode(ap_stage *s, ap_llama_kv *kv, int32_t token, float *out);
+
 /* The message of the last failed forward/backward call of this stage ("" if none). */
 const char *ap_llama_stage_error(const ap_stage *s);
 
