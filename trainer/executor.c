@@ -135,8 +135,16 @@ static void pool_drain(apool *p) {
     }
 }
 
+/* After a failed step a receive may still be posted into a buffer: cancel it
+ * before the memory goes (a send left in flight means the run is aborting). */
 static void pool_free(apool *p) {
-    for (int i = 0; i < p->n; i++) free(p->v[i].buf);
+    for (int i = 0; i < p->n; i++) {
+        if (!p->sends && p->v[i].rq != MPI_REQUEST_NULL) {
+            MPI_Cancel(&p->v[i].rq);
+            MPI_Wait(&p->v[i].rq, MPI_STATUS_IGNORE);
+        }
+        free(p->v[i].buf);
+    }
     free(p->v);
 }
 
