@@ -1,8 +1,8 @@
-/* test-train.c - the training loop on a tiny model (tests/tiny-stage.h):
+/* test-train.c - the training loop on a bigram model (tests/bigram_stage.h):
  * loss falls, gradient accumulation and microbatch splits give the same
  * step, NaN stops the run, metrics file, validation, checkpoint call sites. */
 #include "tests/tap.h"
-#include "tests/tiny-stage.h"
+#include "tests/bigram_stage.h"
 #include "trainer/data.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train.h"
@@ -42,7 +42,7 @@ static ap_train_opts base_opts(int T) {
 /* Runs `steps` steps from a fresh seed-7 model; returns the stage (caller destroys). */
 static ap_stage *run(const ap_train_opts *o, ap_dataset *d, ap_train_result *res, char *err, size_t errlen,
                      int *rc) {
-    ap_stage *s = tiny_stage_create(AP_BYTE_VOCAB, 16, o->micro_batch_size, o->seq_len, 7);
+    ap_stage *s = bigram_stage_create(AP_BYTE_VOCAB, 16, o->micro_batch_size, o->seq_len, 7);
     ap_step_engine e;
     ap_step_engine_single(&e, &s);
     ap_loader l;
@@ -150,7 +150,7 @@ int main(void) {
     ap_train_result rw1, rw0;
     int cw1, cw0;
     ap_stage *sw1 = run(&w1, tr, &rw1, err, sizeof err, &cw1), *sw0 = run(&w0, tr, &rw0, err, sizeof err, &cw0);
-    ap_stage *init = tiny_stage_create(AP_BYTE_VOCAB, 16, 2, T, 7);
+    ap_stage *init = bigram_stage_create(AP_BYTE_VOCAB, 16, 2, T, 7);
     size_t nw = 2 * (size_t)AP_BYTE_VOCAB * 16;
     double worst = 0, bias_diff = 0;
     for (size_t i = 0; i < nw; i++)
@@ -164,7 +164,7 @@ int main(void) {
 
     /* 4. non-finite loss stops the run, naming the step */
     o = base_opts(T);
-    s = tiny_stage_create(AP_BYTE_VOCAB, 16, o.micro_batch_size, T, 7);
+    s = bigram_stage_create(AP_BYTE_VOCAB, 16, o.micro_batch_size, T, 7);
     ap_step_engine e;
     ap_step_engine_single(&e, &s);
     ap_loader l;
@@ -215,7 +215,7 @@ int main(void) {
     o.quiet = 0;
     ap_checkpoint_hooks h = {.resume = hook_resume, .save = hook_save};
     ap_train_set_checkpoint_hooks(&h);
-    s = tiny_stage_create(AP_BYTE_VOCAB, 16, o.micro_batch_size, T, 7);
+    s = bigram_stage_create(AP_BYTE_VOCAB, 16, o.micro_batch_size, T, 7);
     ap_step_engine_single(&e, &s);
     ap_loader_init(&l, tr, 1, 1234, err, sizeof err);
     fflush(stdout);
@@ -245,7 +245,7 @@ int main(void) {
     {
         ap_dataset *v13 = NULL;
         int sl = ap_dataset_len(va) >= 13 && ap_dataset_slice(&v13, va, 0, 13, err, sizeof err) == 0;
-        ap_stage *sv = tiny_stage_create(AP_BYTE_VOCAB, 16, 2, T, 7);
+        ap_stage *sv = bigram_stage_create(AP_BYTE_VOCAB, 16, 2, T, 7);
         ap_step_engine ev;
         ap_step_engine_single(&ev, &sv);
         inner_forward = ev.forward;
@@ -291,7 +291,7 @@ int main(void) {
         ap_stage_destroy(t1);
         ap_stage_destroy(t2);
         /* two microbatches of one sample: 31 labels and 5 labels */
-        ap_stage *u = tiny_stage_create(AP_BYTE_VOCAB, 16, 1, T, 7);
+        ap_stage *u = bigram_stage_create(AP_BYTE_VOCAB, 16, 1, T, 7);
         ap_step_engine eu;
         ap_step_engine_single(&eu, &u);
         int32_t tk[2 * 32], lb[2 * 32];

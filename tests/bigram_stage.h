@@ -1,9 +1,9 @@
-/* tiny-stage.h - a second, minimal model behind trainer/stage.h for the
+/* bigram_stage.h - a bigram model behind trainer/stage.h for the
  * training-loop tests: logits = embed[token] @ head^T + bias, masked
  * cross-entropy. Real forward and backward (no shortcuts), small enough that
  * a test runs hundreds of steps in a second; the bias is no_decay. */
-#ifndef AP_TESTS_TINY_STAGE_H
-#define AP_TESTS_TINY_STAGE_H
+#ifndef AP_TESTS_BIGRAM_STAGE_H
+#define AP_TESTS_BIGRAM_STAGE_H
 
 #include <math.h>
 #include <stdlib.h>
@@ -17,14 +17,14 @@ typedef struct {
     float *dembed, *dhead, *dbias; /* into grads */
     int32_t *tokens, *labels;      /* slot 0: (B, T) */
     float *h, *probs;              /* slot 0: (B*T, C), (B*T, V) */
-} tiny_impl;
+} bigram_impl;
 
-static int tiny_forward(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in,
+static int bigram_forward(ap_stage *s, int slot, const int32_t *tokens, const int32_t *pos, const float *in,
                         float *out, const int32_t *labels, double *loss_sum, long *n_tokens) {
     (void)pos; /* no attention: positions change nothing */
     (void)in;
     (void)out;
-    tiny_impl *t = s->impl;
+    bigram_impl *t = s->impl;
     size_t N = (size_t)s->B * s->T, V = t->V, C = t->C;
     double loss = 0;
     long count = 0;
@@ -57,11 +57,11 @@ static int tiny_forward(ap_stage *s, int slot, const int32_t *tokens, const int3
     return 0;
 }
 
-static int tiny_backward(ap_stage *s, int slot, const float *dout, float dloss, float *din) {
+static int bigram_backward(ap_stage *s, int slot, const float *dout, float dloss, float *din) {
     (void)slot;
     (void)dout;
     (void)din;
-    tiny_impl *t = s->impl;
+    bigram_impl *t = s->impl;
     size_t N = (size_t)s->B * s->T, V = t->V, C = t->C;
     float *dh = malloc(C * sizeof(float));
     if (!dh) return -1;
@@ -84,8 +84,8 @@ static int tiny_backward(ap_stage *s, int slot, const float *dout, float dloss, 
     return 0;
 }
 
-static void tiny_destroy(ap_stage *s) {
-    tiny_impl *t = s->impl;
+static void bigram_destroy(ap_stage *s) {
+    bigram_impl *t = s->impl;
     free(t->tokens);
     free(t->labels);
     free(t->h);
@@ -97,13 +97,13 @@ static void tiny_destroy(ap_stage *s) {
     free(s);
 }
 
-static const ap_stage_ops tiny_ops = {tiny_forward, tiny_backward, NULL, NULL, tiny_destroy};
+static const ap_stage_ops bigram_ops = {bigram_forward, bigram_backward, NULL, NULL, bigram_destroy};
 
-static ap_stage *tiny_stage_create(int V, int C, int B, int T, unsigned seed) {
+static ap_stage *bigram_stage_create(int V, int C, int B, int T, unsigned seed) {
     ap_stage *s = calloc(1, sizeof *s);
-    tiny_impl *t = calloc(1, sizeof *t);
+    bigram_impl *t = calloc(1, sizeof *t);
     size_t N = (size_t)B * T;
-    s->ops = &tiny_ops;
+    s->ops = &bigram_ops;
     s->num_stages = 1;
     s->is_first = s->is_last = 1;
     s->B = B;
