@@ -120,6 +120,12 @@ t "tied embeddings: pp=2 stopped at step 2 -> resumed at pp=1 and at pp=2 agree 
    "$A" train $TI --distributed.pp_size 1 --checkpoint.checkpoint_dir ti1 --checkpoint.resume $T/ti &&
    $MP -np 2 "$A" train $TI --distributed.pp_size 2 --checkpoint.checkpoint_dir ti && "$A" ckpt diff ti ti1 --rtol 1e-5'
 
+# ---- a checkpoint of another model under mpirun: every rank agrees, rank 0 says it once, no abort ----
+t "pp=2: resuming a checkpoint of another model exits 1 with one message naming the key, nothing changed" \
+  'before=$(readlink a2/latest); st=0; $MP -np 2 "$A" train $P2 --model.hidden_size 32 --checkpoint.checkpoint_dir a2 >mm.out 2>&1 || st=$?;
+   [ $st -eq 1 ] && [ "$(grep -c "checkpoint of another model: config.json key hidden_size" mm.out)" = 1 ] &&
+   ! grep -q MPI_ABORT mm.out && [ "$(readlink a2/latest)" = "$before" ] && "$A" ckpt verify a2 >/dev/null || { cat mm.out; false; }'
+
 # ---- resume: false ----
 t "resume: false on a non-empty checkpoint_dir is refused (exit 2, says why)" \
   'st=0; "$A" train $P1 --checkpoint.checkpoint_dir a1 --checkpoint.resume false || st=$?; [ $st -eq 2 ] && grep -q "not empty" "$T/out" && "$A" ckpt verify a1'

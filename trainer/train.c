@@ -253,7 +253,10 @@ int ap_train_loop(const ap_train_opts *o, ap_step_engine *e, ap_loader *train, c
     }
     ap_train_state st = {0, train->st, e->stages, e->n_stages, am, av, cfg};
     int resumed;
-    if (train_checkpoint_resume(&st, &resumed, err, errlen) < 0) goto done;
+    if (train_checkpoint_resume(&st, &resumed, err, errlen) < 0) {
+        res->agreed_failure = 1;
+        goto done;
+    }
     if (resumed && ap_loader_set_state(train, &st.data, err, errlen) < 0) goto done;
     long step = st.step;
 

@@ -111,6 +111,7 @@ typedef struct {
     double last_val_loss;       /* NaN when never validated */
     int nonfinite;              /* stopped on a NaN/Inf loss or grad norm */
     int preempted;              /* stopped early by the stop hook (a signal), checkpoint saved */
+    int agreed_failure;         /* failed on every rank alike (resume): nobody waits, no abort needed */
 } ap_train_result;
 
 /* What a checkpoint saves and restores (the checkpoint part implements the hooks). */
@@ -125,7 +126,8 @@ typedef struct {
 
 typedef struct {
     /* Called before the first step: restore *st if there is something to
-     * resume from (set *resumed). */
+     * resume from (set *resumed). Collective: every rank returns the same
+     * status, so a failure ends the run on every rank alike. */
     int (*resume)(void *ctx, ap_train_state *st, int *resumed, char *err, size_t errlen);
     /* Called every ckpt_every_steps and after the last step. */
     int (*save)(void *ctx, const ap_train_state *st, char *err, size_t errlen);

@@ -318,7 +318,11 @@ static int hook_resume(void *ctx, ap_train_state *st, int *resumed, char *err, s
     /* collective; every dp replica loads the tensors of its stages */
     rv = ap_ckpt_load(c->resume_from, c->config_json, &cs, all, local_fail ? 0 : n, c->comm, e2, sizeof e2);
     free(all);
-    if (rv < 0 || local_fail) {
+    /* ap_ckpt_load agrees on its verdict; a local out-of-memory must be agreed too */
+    int any_local = local_fail;
+    MPI_Allreduce(MPI_IN_PLACE, &any_local, 1, MPI_INT, MPI_MAX, c->comm);
+    if (rv == 0 && any_local && !local_fail) snprintf(err, errlen, "resume: another rank ran out of memory");
+    if (rv < 0 || any_local) {
         if (rv < 0) snprintf(err, errlen, "resume from %s: %s", c->resume_from, e2);
         ap_ckpt_state_free(&cs);
         return -1;

@@ -263,7 +263,10 @@ int ap_train_main(const ap_config *cfg) {
     ap_preempt_install(world_rank);
     ap_train_ckpt_install(&ck);
     double t0 = now_s();
-    if (ap_train_loop(&o, e, &loader, va, cfg, &res, err, sizeof err) < 0) goto fail;
+    if (ap_train_loop(&o, e, &loader, va, cfg, &res, err, sizeof err) < 0) {
+        agreed = res.agreed_failure; /* then rank 0 alone reports it, and nobody aborts */
+        goto fail;
+    }
     fprintf(out, "done: %ld steps in %.1f s, loss %.4f -> %.4f", res.steps, now_s() - t0, res.first_loss,
             res.last_loss);
     if (!isnan(res.last_val_loss)) fprintf(out, ", val_loss %.4f", res.last_val_loss);
