@@ -266,10 +266,14 @@ static void *alloc_floats(size_t n, size_t *bytes) {
 
 /* ---------------------------------------------------------------- layers */
 
-static void layer_forward(const llama *m, int l, const layer_acts *a, const int32_t *pos, const float *x,
-                          float *out) {
+/* A layer is attention_in, attention over the positions, attention_out: the
+ * training forward runs N = B*T rows with the attention kernel; decoding
+ * (ap_llama_decode) runs one row against its KV cache. */
+
+/* a->qkv (N, S) from x (N, C): ln1, q/k/v projections, q/k norms, RoPE at pos. */
+static void attention_in(const llama *m, int l, const layer_acts *a, const int32_t *pos, const float *x, size_t N) {
     const layer_w *w = &m->w[l];
-    size_t N = m->N, C = m->C, S = m->S, Q = m->Q, KV = m->KV, FF = m->FF;
+    size_t C = m->C, S = m->S, Q = m->Q, KV = m->KV;
     ap_rmsnorm_forward(a->ln1, a->ln1_rstd, x, w->ln1, N, C, m->eps, m->plus_one);
     ap_matmul_forward(a->qkv, a->ln1, w->wqkv, w->bqkv, N, C, S, 0);
     if (m->mc.qk_norm) {
@@ -286,8 +290,13 @@ static void layer_forward(const llama *m, int l, const layer_acts *a, const int3
     }
     ap_rope_forward(a->qkv, m->cos_, m->sin_, pos, N, m->T, m->H, m->D, S);
     ap_rope_forward(a->qkv + Q, m->cos_, m->sin_, pos, N, m->T, m->KVH, m->D, S);
-    ap_attention_forward(a->y, a->att, a->qkv, pos, m->B, m->T, m->H, m->KVH, m->D, m->window,
-                         m->att_scale);
+}
+
+/* out (N, C) from x and the attention output a->y (N, Q): o_proj and the
+ * residual, ln2, the gated MLP and its residual. */
+static void attention_out(const llama *m, int l, const layer_acts *a, const float *x, float *out, size_t N) {
+    const layer_w *w = &m->w[l];
+    size_t C = m->C, Q = m->Q, FF = m->FF;
     memcpy(a->mid, x, N * C * sizeof(float));
     ap_matmul_forward(a->mid, a->y, w->wo, NULL, N, Q, C, 1); /* mid = x + o_proj(y) */
     ap_rmsnorm_forward(a->ln2, a->ln2_rstd, a->mid, w->ln2, N, C, m->eps, m->plus_one);
@@ -295,6 +304,13 @@ static void layer_forward(const llama *m, int l, const layer_acts *a, const int3
     ap_glu_forward(a->h, a->gu, N, FF, m->act);
     memcpy(out, a->mid, N * C * sizeof(float));
     ap_matmul_forward(out, a->h, w->wdown, NULL, N, FF, C, 1); /* out = mid + down_proj(h) */
+}
+
+static void layer_forward(const llama *m, int l, const layer_acts *a, const int32_t *pos, const float *x,
+                          float *out) {
+    attention_in(m, l, a, pos, x, m->N);
+    ap_attention_forward(a->y, a->att, a->qkv, pos, m->B, m->T, m->H, m->KVH, m->D, m->window, m->att_scale);
+    attention_out(m, l, a, x, out, m->N);
 }
 
 /* dres (N, C): in, the gradient at the layer output; out, at its input x.
@@ -590,9 +606,11 @@ const char *ap_llama_stage_error(const ap_stage *s) {
 /* ------------------------------------------------------- KV-cache decoding */
 
 struct ap_llama_kv {
-    int cap, n;          /* positions held / used */
-    float *k, *v;        /* (L, cap, KV) keys after q/k norm and RoPE, values */
-    float *x, *ln, *qkv, *raw, *rstd, *y, *mid, *gu, *h, *p; /* one token's scratch */
+    int cap, n;     /* positions held / used */
+    float *k, *v;   /* (L, cap, KV) keys after q/k norm and RoPE, values */
+    float *p;       /* (cap) one head's attention weights */
+    float *scratch; /* one token's activations, carved into `a` */
+    layer_acts a;
 };
 
 ap_llama_kv *ap_llama_kv_create(const ap_stage *s) {
@@ -600,40 +618,46 @@ ap_llama_kv *ap_llama_kv_create(const ap_stage *s) {
     const llama *m = s->impl;
     ap_llama_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return NULL;
-    size_t L = (size_t)m->L, T = m->T, KV = m->KV;
+    size_t L = (size_t)m->L, T = m->T, KV = m->KV, C = m->C;
     kv->cap = (int)T;
     kv->k = malloc(L * T * KV * sizeof(float));
     kv->v = malloc(L * T * KV * sizeof(float));
-    kv->x = malloc(m->C * sizeof(float));
-    kv->ln = malloc(m->C * sizeof(float));
-    kv->qkv = malloc(m->S * sizeof(float));
-    kv->raw = malloc((m->Q + KV) * sizeof(float));
-    kv->rstd = malloc((m->H + m->KVH + 1) * sizeof(float));
-    kv->y = malloc(m->Q * sizeof(float));
-    kv->mid = malloc(m->C * sizeof(float));
-    kv->gu = malloc(2 * m->FF * sizeof(float));
-    kv->h = malloc(m->FF * sizeof(float));
     kv->p = malloc(T * sizeof(float));
-    if (!kv->k || !kv->v || !kv->x || !kv->ln || !kv->qkv || !kv->raw || !kv->rstd || !kv->y || !kv->mid ||
-        !kv->gu || !kv->h || !kv->p) {
+    size_t n = 3 * C + 2 + m->S + (m->Q + KV) + (m->H + m->KVH) + m->Q + 3 * m->FF;
+    kv->scratch = malloc(n * sizeof(float));
+    if (!kv->k || !kv->v || !kv->p || !kv->scratch) {
         ap_llama_kv_free(kv);
         return NULL;
     }
+    float *f = kv->scratch;
+    layer_acts *a = &kv->a; /* the layer_acts of one row (att unused: the cache replaces it) */
+    a->ln1 = f, f += C;
+    a->ln1_rstd = f, f += 1;
+    a->qkv = f, f += m->S;
+    a->qk_raw = f, f += m->Q + KV;
+    a->qk_rstd = f, f += m->H + m->KVH;
+    a->y = f, f += m->Q;
+    a->mid = f, f += C;
+    a->ln2 = f, f += C;
+    a->ln2_rstd = f, f += 1;
+    a->gu = f, f += 2 * m->FF;
+    a->h = f;
     return kv;
 }
 
 void ap_llama_kv_free(ap_llama_kv *kv) {
     if (!kv) return;
-    free(kv->k), free(kv->v), free(kv->x), free(kv->ln), free(kv->qkv), free(kv->raw), free(kv->rstd);
-    free(kv->y), free(kv->mid), free(kv->gu), free(kv->h), free(kv->p);
+    free(kv->k), free(kv->v), free(kv->p), free(kv->scratch);
     free(kv);
 }
 
 int ap_llama_kv_len(const ap_llama_kv *kv) { return kv->n; }
 void ap_llama_kv_reset(ap_llama_kv *kv) { kv->n = 0; }
 
-/* The layers of layer_forward for one token at position kv->n, attending to
- * the cached keys and values of positions before it (and its own). */
+/* One token at position kv->n through every layer: attention_in, its keys and
+ * values into the cache, attention of its queries over the cached positions
+ * (causal, and the sliding window), attention_out. out (C) carries the
+ * hidden state from layer to layer. */
 int ap_llama_decode(ap_stage *s, ap_llama_kv *kv, int32_t token, float *out) {
     llama *m = s->impl;
     m->err[0] = 0;
@@ -642,26 +666,18 @@ int ap_llama_decode(ap_stage *s, ap_llama_kv *kv, int32_t token, float *out) {
     if (kv->n >= kv->cap) return set_err(m, "decode: the cache holds its %d positions", kv->cap), -1;
     if (token < 0 || (size_t)token >= m->V)
         return set_err(m, "decode: token %d is outside [0, vocab_size=%zu)", (int)token, m->V), -1;
-    size_t C = m->C, S = m->S, Q = m->Q, KV = m->KV, D = m->D, FF = m->FF, p = (size_t)kv->n;
-    size_t group = m->H / m->KVH, lo = m->window > 0 && p + 1 > (size_t)m->window ? p + 1 - (size_t)m->window : 0;
+    const layer_acts *a = &kv->a;
+    size_t C = m->C, Q = m->Q, KV = m->KV, D = m->D, p = (size_t)kv->n, group = m->H / m->KVH;
+    size_t lo = m->window > 0 && p + 1 > (size_t)m->window ? p + 1 - (size_t)m->window : 0;
     int32_t pos = (int32_t)p;
-    ap_embedding_forward(kv->x, &token, m->wte, 1, C, m->emb_scale);
+    ap_embedding_forward(out, &token, m->wte, 1, C, m->emb_scale);
     for (int l = 0; l < m->L; l++) {
-        const layer_w *w = &m->w[l];
-        float *kc = kv->k + ((size_t)l * kv->cap) * KV, *vc = kv->v + ((size_t)l * kv->cap) * KV;
-        ap_rmsnorm_forward(kv->ln, kv->rstd, kv->x, w->ln1, 1, C, m->eps, m->plus_one);
-        ap_matmul_forward(kv->qkv, kv->ln, w->wqkv, w->bqkv, 1, C, S, 0);
-        if (m->mc.qk_norm) {
-            memcpy(kv->raw, kv->qkv, (Q + KV) * sizeof(float));
-            ap_rmsnorm_forward(kv->qkv, kv->rstd, kv->raw, w->qn, m->H, D, m->eps, m->plus_one);
-            ap_rmsnorm_forward(kv->qkv + Q, kv->rstd, kv->raw + Q, w->kn, m->KVH, D, m->eps, m->plus_one);
-        }
-        ap_rope_forward(kv->qkv, m->cos_, m->sin_, &pos, 1, m->T, m->H, D, S);
-        ap_rope_forward(kv->qkv + Q, m->cos_, m->sin_, &pos, 1, m->T, m->KVH, D, S);
-        memcpy(kc + p * KV, kv->qkv + Q, KV * sizeof(float));
-        memcpy(vc + p * KV, kv->qkv + Q + KV, KV * sizeof(float));
+        float *kc = kv->k + (size_t)l * kv->cap * KV, *vc = kv->v + (size_t)l * kv->cap * KV;
+        attention_in(m, l, a, &pos, out, 1);
+        memcpy(kc + p * KV, a->qkv + Q, KV * sizeof(float));
+        memcpy(vc + p * KV, a->qkv + Q + KV, KV * sizeof(float));
         for (size_t h = 0; h < m->H; h++) {
-            const float *q = kv->qkv + h * D;
+            const float *q = a->qkv + h * D;
             size_t off = (h / group) * D;
             float mx = -INFINITY, sum = 0;
             for (size_t j = lo; j <= p; j++) {
@@ -671,20 +687,13 @@ int ap_llama_decode(ap_stage *s, ap_llama_kv *kv, int32_t token, float *out) {
                 mx = kv->p[j] > mx ? kv->p[j] : mx;
             }
             for (size_t j = lo; j <= p; j++) sum += kv->p[j] = expf(kv->p[j] - mx);
-            float *y = kv->y + h * D;
+            float *y = a->y + h * D;
             memset(y, 0, D * sizeof(float));
             for (size_t j = lo; j <= p; j++)
                 for (size_t d = 0; d < D; d++) y[d] += kv->p[j] / sum * vc[j * KV + off + d];
         }
-        memcpy(kv->mid, kv->x, C * sizeof(float));
-        ap_matmul_forward(kv->mid, kv->y, w->wo, NULL, 1, Q, C, 1);
-        ap_rmsnorm_forward(kv->ln, kv->rstd, kv->mid, w->ln2, 1, C, m->eps, m->plus_one);
-        ap_matmul_forward(kv->gu, kv->ln, w->wgu, NULL, 1, C, 2 * FF, 0);
-        ap_glu_forward(kv->h, kv->gu, 1, FF, m->act);
-        memcpy(kv->x, kv->mid, C * sizeof(float));
-        ap_matmul_forward(kv->x, kv->h, w->wdown, NULL, 1, FF, C, 1);
+        attention_out(m, l, a, out, out, 1); /* x and out alias: attention_out copies x into mid first */
     }
-    memcpy(out, kv->x, C * sizeof(float));
     kv->n++;
     return 0;
 }
