@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/carve.h"
 #include "kernels/kernels.h"
 
 enum { INIT_NORMAL, INIT_ONE, INIT_ZERO };
@@ -72,41 +73,35 @@ static void set_err(custom *m, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* n floats at *off (64-byte aligned) of base; base NULL: only count. */
-static float *take(float *base, size_t *off, size_t n) {
-    float *p = base ? base + *off : NULL;
-    *off += (n + 15) & ~(size_t)15;
-    return p;
-}
 
 /* One slot's activations; sl NULL: only count. */
 static void carve_slot(const custom *m, cm_slot *sl, float *base, size_t *off) {
     size_t N = m->N, C = m->C, F = m->F;
-    float *r = take(base, off, (m->L + 1) * N * C);
+    float *r = ap_carve(base, off, (m->L + 1) * N * C);
     if (sl) sl->resid = r;
     for (size_t l = 0; l < m->L; l++) {
         cm_acts a;
         cm_douts d;
-        a.qkv = take(base, off, N * 3 * C);
-        a.att = take(base, off, m->B * m->H * m->T * m->T);
-        a.y = take(base, off, N * C);
-        a.r1 = take(base, off, N * C);
-        a.mean1 = take(base, off, N);
-        a.rstd1 = take(base, off, N);
-        a.x1 = take(base, off, N * C);
-        a.h = take(base, off, N * F);
-        a.g = take(base, off, N * F);
-        a.r2 = take(base, off, N * C);
-        a.mean2 = take(base, off, N);
-        a.rstd2 = take(base, off, N);
-        d.dqkv = take(base, off, N * 3 * C);
-        d.da = take(base, off, N * C);
-        d.dh = take(base, off, N * F);
-        d.dm = take(base, off, N * C);
+        a.qkv = ap_carve(base, off, N * 3 * C);
+        a.att = ap_carve(base, off, m->B * m->H * m->T * m->T);
+        a.y = ap_carve(base, off, N * C);
+        a.r1 = ap_carve(base, off, N * C);
+        a.mean1 = ap_carve(base, off, N);
+        a.rstd1 = ap_carve(base, off, N);
+        a.x1 = ap_carve(base, off, N * C);
+        a.h = ap_carve(base, off, N * F);
+        a.g = ap_carve(base, off, N * F);
+        a.r2 = ap_carve(base, off, N * C);
+        a.mean2 = ap_carve(base, off, N);
+        a.rstd2 = ap_carve(base, off, N);
+        d.dqkv = ap_carve(base, off, N * 3 * C);
+        d.da = ap_carve(base, off, N * C);
+        d.dh = ap_carve(base, off, N * F);
+        d.dm = ap_carve(base, off, N * C);
         if (sl) sl->layers[l] = a, sl->stash[l] = d;
     }
-    float *p = m->has_head ? take(base, off, N * m->V) : NULL;
-    float *e = m->has_embed ? take(base, off, N * C) : NULL;
+    float *p = m->has_head ? ap_carve(base, off, N * m->V) : NULL;
+    float *e = m->has_embed ? ap_carve(base, off, N * C) : NULL;
     if (sl) sl->probs = p, sl->demb = e;
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/carve.h"
 #include "kernels/kernels.h"
 
 /* ------------------------------------------------------------ param table */
@@ -181,40 +182,34 @@ static void set_err(llama *m, const char *fmt, ...) {
 
 /* ------------------------------------------------------------- carving */
 
-/* Hand out n floats at *off (64-byte aligned) of base; base NULL: only count. */
-static float *take(float *base, size_t *off, size_t n) {
-    float *p = base ? base + *off : NULL;
-    *off += (n + 15) & ~(size_t)15;
-    return p;
-}
-
-static void carve_layer_acts(const llama *m, layer_acts *a, float *base, size_t *off) {
-    size_t N = m->N;
-    a->ln1 = take(base, off, N * m->C);
-    a->ln1_rstd = take(base, off, N);
-    a->qkv = take(base, off, N * m->S);
-    a->qk_raw = m->mc.qk_norm ? take(base, off, N * (m->Q + m->KV)) : NULL;
-    a->qk_rstd = m->mc.qk_norm ? take(base, off, N * (m->H + m->KVH)) : NULL;
-    a->att = take(base, off, m->B * m->H * m->T * m->T);
-    a->y = take(base, off, N * m->Q);
-    a->mid = take(base, off, N * m->C);
-    a->ln2 = take(base, off, N * m->C);
-    a->ln2_rstd = take(base, off, N);
-    a->gu = take(base, off, N * 2 * m->FF);
-    a->h = take(base, off, N * m->FF);
+/* One layer's activations for N rows; the attention probabilities only
+ * with_att (decoding attends over its cache instead). */
+static void carve_layer_acts(const llama *m, layer_acts *a, float *base, size_t *off, size_t N, int with_att) {
+    a->ln1 = ap_carve(base, off, N * m->C);
+    a->ln1_rstd = ap_carve(base, off, N);
+    a->qkv = ap_carve(base, off, N * m->S);
+    a->qk_raw = m->mc.qk_norm ? ap_carve(base, off, N * (m->Q + m->KV)) : NULL;
+    a->qk_rstd = m->mc.qk_norm ? ap_carve(base, off, N * (m->H + m->KVH)) : NULL;
+    a->att = with_att ? ap_carve(base, off, m->B * m->H * m->T * m->T) : NULL;
+    a->y = ap_carve(base, off, N * m->Q);
+    a->mid = ap_carve(base, off, N * m->C);
+    a->ln2 = ap_carve(base, off, N * m->C);
+    a->ln2_rstd = ap_carve(base, off, N);
+    a->gu = ap_carve(base, off, N * 2 * m->FF);
+    a->h = ap_carve(base, off, N * m->FF);
 }
 
 static void carve_head(const llama *m, head_acts *h, float *base, size_t *off) {
-    h->lnf = take(base, off, m->N * m->C);
-    h->lnf_rstd = take(base, off, m->N);
-    h->probs = take(base, off, m->N * m->V);
+    h->lnf = ap_carve(base, off, m->N * m->C);
+    h->lnf_rstd = ap_carve(base, off, m->N);
+    h->probs = ap_carve(base, off, m->N * m->V);
 }
 
 static void carve_douts(const llama *m, layer_douts *d, float *base, size_t *off) {
-    d->dqkv = take(base, off, m->N * m->S);
-    d->dattn = take(base, off, m->N * m->C);
-    d->dgu = take(base, off, m->N * 2 * m->FF);
-    d->dmlp = take(base, off, m->N * m->C);
+    d->dqkv = ap_carve(base, off, m->N * m->S);
+    d->dattn = ap_carve(base, off, m->N * m->C);
+    d->dgu = ap_carve(base, off, m->N * 2 * m->FF);
+    d->dmlp = ap_carve(base, off, m->N * m->C);
 }
 
 /* Activations, one allocation: every slot's region, then the shared scratch.
@@ -224,23 +219,23 @@ static size_t carve_acts(llama *m, float *base) {
     size_t off = 0, N = m->N, C = m->C;
     for (int s = 0; s < m->max_slots; s++) {
         slot_t *sl = &m->slots[s];
-        sl->tokens = m->first ? (int32_t *)take(base, &off, N) : NULL;
-        sl->labels = m->last ? (int32_t *)take(base, &off, N) : NULL;
-        sl->pos = (int32_t *)take(base, &off, N);
-        sl->resid = take(base, &off, (size_t)(m->L + 1) * N * C);
+        sl->tokens = m->first ? (int32_t *)ap_carve(base, &off, N) : NULL;
+        sl->labels = m->last ? (int32_t *)ap_carve(base, &off, N) : NULL;
+        sl->pos = (int32_t *)ap_carve(base, &off, N);
+        sl->resid = ap_carve(base, &off, (size_t)(m->L + 1) * N * C);
         if (!m->ckpt) {
-            for (int l = 0; l < m->L; l++) carve_layer_acts(m, &sl->layers[l], base, &off);
+            for (int l = 0; l < m->L; l++) carve_layer_acts(m, &sl->layers[l], base, &off, N, 1);
             if (m->last) carve_head(m, &sl->head, base, &off);
         }
     }
-    carve_layer_acts(m, &m->sl, base, &off);
+    carve_layer_acts(m, &m->sl, base, &off, N, 1);
     if (m->last) carve_head(m, &m->sh, base, &off);
-    m->ping = take(base, &off, 2 * N * C); /* two (N, C) buffers for the no-grad forward */
-    m->dres = take(base, &off, N * C);
-    m->dln = take(base, &off, N * C);
-    m->dy = take(base, &off, N * m->Q);
-    m->dh = take(base, &off, N * m->FF);
-    m->datt = take(base, &off, AP_KERNELS_MAX_THREADS * m->T * m->T); /* untouched pages cost no RSS */
+    m->ping = ap_carve(base, &off, 2 * N * C); /* two (N, C) buffers for the no-grad forward */
+    m->dres = ap_carve(base, &off, N * C);
+    m->dln = ap_carve(base, &off, N * C);
+    m->dy = ap_carve(base, &off, N * m->Q);
+    m->dh = ap_carve(base, &off, N * m->FF);
+    m->datt = ap_carve(base, &off, AP_KERNELS_MAX_THREADS * m->T * m->T); /* untouched pages cost no RSS */
     carve_douts(m, &m->sd, base, &off);
     return off;
 }
@@ -250,7 +245,7 @@ static size_t carve_stash(llama *m, float *base) {
     for (int s = 0; s < m->max_slots; s++) {
         slot_t *sl = &m->slots[s];
         for (int l = 0; l < m->L; l++) carve_douts(m, &sl->stash[l], base, &off);
-        sl->stash_emb = m->first ? take(base, &off, m->N * m->C) : NULL;
+        sl->stash_emb = m->first ? ap_carve(base, &off, m->N * m->C) : NULL;
     }
     return off;
 }
@@ -610,7 +605,7 @@ struct ap_llama_kv {
     float *k, *v;   /* (L, cap, KV) keys after q/k norm and RoPE, values */
     float *p;       /* (cap) one head's attention weights */
     float *scratch; /* one token's activations, carved into `a` */
-    layer_acts a;
+    layer_acts a;   /* of one row, without attention probabilities */
 };
 
 ap_llama_kv *ap_llama_kv_create(const ap_stage *s) {
@@ -618,30 +613,20 @@ ap_llama_kv *ap_llama_kv_create(const ap_stage *s) {
     const llama *m = s->impl;
     ap_llama_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return NULL;
-    size_t L = (size_t)m->L, T = m->T, KV = m->KV, C = m->C;
+    size_t L = (size_t)m->L, T = m->T, KV = m->KV;
     kv->cap = (int)T;
     kv->k = malloc(L * T * KV * sizeof(float));
     kv->v = malloc(L * T * KV * sizeof(float));
     kv->p = malloc(T * sizeof(float));
-    size_t n = 3 * C + 2 + m->S + (m->Q + KV) + (m->H + m->KVH) + m->Q + 3 * m->FF;
+    size_t n = 0;
+    carve_layer_acts(m, &kv->a, NULL, &n, 1, 0);
     kv->scratch = malloc(n * sizeof(float));
     if (!kv->k || !kv->v || !kv->p || !kv->scratch) {
         ap_llama_kv_free(kv);
         return NULL;
     }
-    float *f = kv->scratch;
-    layer_acts *a = &kv->a; /* the layer_acts of one row (att unused: the cache replaces it) */
-    a->ln1 = f, f += C;
-    a->ln1_rstd = f, f += 1;
-    a->qkv = f, f += m->S;
-    a->qk_raw = f, f += m->Q + KV;
-    a->qk_rstd = f, f += m->H + m->KVH;
-    a->y = f, f += m->Q;
-    a->mid = f, f += C;
-    a->ln2 = f, f += C;
-    a->ln2_rstd = f, f += 1;
-    a->gu = f, f += 2 * m->FF;
-    a->h = f;
+    n = 0;
+    carve_layer_acts(m, &kv->a, kv->scratch, &n, 1, 0);
     return kv;
 }
 
