@@ -3,6 +3,7 @@
  * splits give the same parameters, a NaN stops the run. */
 #include "kernels/kernels.h"
 #include "tests/tap.h"
+#include "tests/train_opts.h"
 #include "trainer/data.h"
 #include "trainer/llama.h"
 #include "trainer/tokenizer.h"
@@ -29,27 +30,8 @@ static ap_model_config tiny_config(void) {
     return mc;
 }
 
-static ap_train_opts base_opts(int T) {
-    ap_train_opts o = {0};
-    o.max_steps = 30;
-    o.grad_acc_steps = 1;
-    o.batch_size = 8;
-    o.micro_batch_size = 2;
-    o.seq_len = T;
-    o.dp_size = 1;
-    o.lr = (ap_lr_schedule){.init_lr = 1e-3, .max_lr = 1e-2, .min_lr = 1e-3, .warmup_steps = 3, .decay_steps = 30,
-                            .style = AP_LR_COSINE};
-    o.beta1 = 0.9;
-    o.beta2 = 0.95;
-    o.eps = 1e-8;
-    o.weight_decay = 0.01;
-    o.max_norm = 1.0;
-    o.log_every_steps = 1;
-    o.progress = 2;
-    o.quiet = 1;
-    o.is_log_rank = 1;
-    return o;
-}
+/* the shared start (tests/train_opts.h) at this model's learning rate */
+static ap_train_opts base_opts(int T) { return test_train_opts(T, 1e-3, 1e-2); }
 
 static ap_stage *run(const ap_train_opts *o, ap_dataset *d, ap_train_result *res, char *err, size_t errlen, int *rc) {
     ap_model_config mc = tiny_config();

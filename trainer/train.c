@@ -181,8 +181,9 @@ int ap_eval_loss_batched(ap_step_engine *e, const ap_dataset *d, int n_micro, in
     }
     size_t T = (size_t)ap_dataset_seq_len(d), n = ap_dataset_len(d), rows = (size_t)n_micro * (size_t)mb;
     int32_t *tok = malloc(rows * T * sizeof *tok), *lab = malloc(rows * T * sizeof *lab);
-    int32_t *pos = ap_dataset_has_positions(d) ? malloc(rows * T * sizeof *pos) : NULL;
-    if (!tok || !lab || (ap_dataset_has_positions(d) && !pos)) {
+    const int with_pos = ap_dataset_has_positions(d); /* packed SFT */
+    int32_t *pos = with_pos ? malloc(rows * T * sizeof *pos) : NULL;
+    if (!tok || !lab || (with_pos && !pos)) {
         free(tok);
         free(lab);
         free(pos);
