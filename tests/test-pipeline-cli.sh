@@ -16,20 +16,8 @@ common="--step_scheduler.max_steps 3 --dataloader.seq_len 32 --logging.progress 
  --step_scheduler.val_every_steps 3 --model.tie_word_embeddings true --model.num_hidden_layers 5"
 
 # same: reference file, candidate file -> 0 when loss and grad_norm agree to 1e-5 on 3 steps
-same() {
-    awk -F'[,:} ]+' '
-    { for (i = 1; i < NF; i++) if ($i ~ /"(loss|grad_norm|val_loss)"/) v[FILENAME == ARGV[1] ? "r" : "c", FNR, $i] = $(i + 1) }
-    END {
-        bad = 0; k = 0
-        for (key in v) {
-            split(key, p, SUBSEP); if (p[1] != "r") continue
-            k++; c = v["c", p[2], p[3]]; r = v[key]
-            d = c - r; if (d < 0) d = -d; a = r < 0 ? -r : r
-            if (c == "" || d > 1e-5 * a) { bad = 1; print "# " p[3] " line " p[2] ": " r " vs " c }
-        }
-        exit (bad || k < 7)
-    }' "$1" "$2"
-}
+. "${top_srcdir:-.}/tests/metrics_compare.sh"
+same() { same_metrics "$1" "$2" 1e-5; }
 
 $AUTOPIPE train $common --dataloader.batch_size 8 --distributed.pp_size 1 --logging.metrics_file "$tmp/ref.jsonl" \
     >"$tmp/ref.out" 2>&1

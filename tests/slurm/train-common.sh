@@ -37,19 +37,7 @@ logging:
 YAML
 }
 
-# same_losses A.jsonl B.jsonl: 0 when every step's loss, grad_norm and
-# val_loss of A is in B and agrees to 1e-6 relative (at least 3 steps).
-same_losses() {
-  awk -F'[,:} ]+' '
-  { for (i = 1; i < NF; i++) if ($i ~ /"(loss|grad_norm|val_loss)"/) v[FILENAME == ARGV[1] ? "a" : "b", FNR, $i] = $(i + 1) }
-  END {
-      bad = 0; k = 0
-      for (key in v) {
-          split(key, p, SUBSEP); if (p[1] != "a") continue
-          k++; b = v["b", p[2], p[3]]; a = v[key]
-          d = b - a; if (d < 0) d = -d; m = a < 0 ? -a : a
-          if (b == "" || d > 1e-6 * m) { bad = 1; print "# " p[3] " line " p[2] ": " a " vs " b }
-      }
-      exit (bad || k < 7)
-  }' "$1" "$2"
-}
+# same_losses A.jsonl B.jsonl: every step's loss, grad_norm and val_loss of A
+# agree with B's to 1e-6 relative (tests/metrics_compare.sh).
+. "$top_srcdir/tests/metrics_compare.sh"
+same_losses() { same_metrics "$1" "$2" 1e-6; }
