@@ -224,6 +224,42 @@ static void test_errors(void) {
     ap_stage_destroy(s);
 }
 
+/* Packed rows: the custom model has no positional encoding, so position ids
+ * only keep attention within each example: the second example of a packed
+ * row scores as if it stood alone at the row's start. Ids past the token's
+ * own index are refused. */
+static void test_positions(void) {
+    char err[512];
+    ap_model_config mc = model_of(2);
+    ap_stage *s;
+    if (ap_custom_stage_create(&s, &mc, 0, 2, 1, 1, B, T, 1, err, sizeof err)) {
+        ok(0, "create: %s", err);
+        return;
+    }
+    randomize(s);
+    /* each row: an example of 2 tokens, then one of 3; alone: the 3 at the row start, labels only there */
+    int32_t ptok[B * T], plab[B * T], pos[B * T], atok[B * T], alab[B * T];
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int i = b * T + t;
+            ptok[i] = tok[i], pos[i] = t < 2 ? t : t - 2, plab[i] = t < 2 ? -100 : lab[i];
+            atok[i] = t < 3 ? tok[b * T + t + 2] : 0, alab[i] = t < 3 ? lab[b * T + t + 2] : -100;
+        }
+    double lp = 0, la = 0, ln = 0;
+    long np = 0, na = 0, nn = 0;
+    int rc = s->ops->forward(s, -1, ptok, pos, NULL, NULL, plab, &lp, &np) ||
+             s->ops->forward(s, -1, atok, NULL, NULL, NULL, alab, &la, &na) ||
+             s->ops->forward(s, -1, ptok, NULL, NULL, NULL, plab, &ln, &nn);
+    ok(!rc && np == na && fabs(lp - la) <= 1e-5 * fabs(la) && fabs(ln - la) > 1e-4 * fabs(la),
+       "packed rows: with position ids the second example scores as alone (%.6f vs %.6f; without: %.6f)", lp, la,
+       ln);
+    pos[1] = 2; /* token 1 cannot start 2 positions back */
+    ok(s->ops->forward(s, -1, ptok, pos, NULL, NULL, plab, &lp, &np) < 0 &&
+           strstr(ap_custom_stage_error(s), "position id 2 at 1 outside [0, 1]"),
+       "a position id past the token's own index is refused: %s", ap_custom_stage_error(s));
+    ap_stage_destroy(s);
+}
+
 int main(void) {
     ap_kernels_set_threads(1);
     for (int i = 0; i < B * T; i++) {
@@ -236,6 +272,7 @@ int main(void) {
     test_fd();
     test_split();
     test_names();
+    test_positions();
     test_errors();
     return tap_done();
 }

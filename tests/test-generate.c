@@ -75,6 +75,31 @@ static void test_kv_cache(void) {
     }
 }
 
+/* Decoding refuses what it cannot do, with a message. */
+static void test_decode_errors(void) {
+    enum { W = 4 };
+    ap_model_config mc = tiny_config();
+    char err[512];
+    ap_stage *s = NULL, *rest = NULL;
+    if (ap_llama_stage_create(&s, &mc, 0, 2, 1, 0, 1, W, 1, 0, err, sizeof err) ||
+        ap_llama_stage_create(&rest, &mc, 1, 2, 0, 0, 1, W, 1, 0, err, sizeof err)) {
+        ok(0, "decode stages: %s", err);
+        return;
+    }
+    ap_llama_kv *kv = ap_llama_kv_create(s), *kr = ap_llama_kv_create(rest);
+    float out[32];
+    int bad_tok = ap_llama_decode(s, kv, AP_BYTE_VOCAB, out) < 0 && strstr(ap_llama_stage_error(s), "token 259");
+    int filled = 1;
+    for (int t = 0; t < W; t++) filled &= ap_llama_decode(s, kv, 65, out) == 0;
+    int full = ap_llama_decode(s, kv, 65, out) < 0 && strstr(ap_llama_stage_error(s), "holds its 4 positions");
+    int no_embed = ap_llama_decode(rest, kr, 65, out) < 0 && strstr(ap_llama_stage_error(rest), "embedding");
+    ok(kv && kr && bad_tok && filled && full && no_embed,
+       "decode refuses a token outside the vocabulary, a full cache and a stage without the embedding: %s",
+       ap_llama_stage_error(s));
+    ap_llama_kv_free(kv), ap_llama_kv_free(kr);
+    ap_stage_destroy(s), ap_stage_destroy(rest);
+}
+
 /* Runs a command, returns its first output line in buf. */
 static int run_cmd(const char *cmd, char *buf, size_t n) {
     FILE *p = popen(cmd, "r");
@@ -93,6 +118,7 @@ int main(void) {
     const int T = 32;
     ap_kernels_set_threads(1);
     test_kv_cache();
+    test_decode_errors();
     ap_model_config mc = tiny_config();
     char dir[] = "/tmp/ap-test-generate-XXXXXX";
     if (!mkdtemp(dir)) return 1;
