@@ -83,8 +83,9 @@ t "reshard: 2 stages per rank continues with the same losses (1e-5)" 'close_loss
 t "reshard: final parameters within 1e-5" '"$A" ckpt diff a2/latest r4/latest --rtol 1e-5'
 
 # ---- preemption: SIGUSR1 to one rank's PID under mpirun ----
-# 20 steps, so the signal (sent as soon as the PID file exists) lands well before the end
-P2L="$P2 --step_scheduler.max_steps 20"
+# 300 steps (about 3 s here), so the signal, sent as soon as the PID file exists, lands well
+# before the end: 20 steps took 0.2 s once the executor got faster, and the signal came too late
+P2L="$P2 --step_scheduler.max_steps 300"
 mkdir -p pid
 startsig() {
     AUTOPIPE_PID_DIR=$T/pid $MP -np 2 -x AUTOPIPE_PID_DIR "$A" train $P2L --checkpoint.checkpoint_dir s2 \
@@ -95,10 +96,10 @@ startsig() {
     st=0; wait $BG || st=$?; BG=
     [ "$st" -eq 75 ] || { cat s2.out; echo "exit status $st"; return 1; }
 }
-t "pp=2 1f1b: 20 steps straight" 'run 2 a20 $P2L'
+t "pp=2 1f1b: 300 steps straight" 'run 2 along $P2L'
 t "SIGUSR1 to rank 1 only: every rank saves and mpirun exits 75" 'startsig'
-t "the signal checkpoint is committed before the last step" 'grep -q "stopped by a signal" s2.out && [ "$(readlink s2/latest)" != step_00000020 ] && "$A" ckpt verify s2'
-t "resume after the signal ends where the uninterrupted run ended (bitwise)" 'run 2 s2 $P2L && "$A" ckpt diff a20/latest s2/latest --rtol 0'
+t "the signal checkpoint is committed before the last step" 'grep -q "stopped by a signal" s2.out && [ "$(readlink s2/latest)" != step_00000300 ] && "$A" ckpt verify s2'
+t "resume after the signal ends where the uninterrupted run ended (bitwise)" 'run 2 s2 $P2L && "$A" ckpt diff along/latest s2/latest --rtol 0'
 
 # ---- an interrupted save (what kill -9 leaves: no COMMITTED, a half file) is skipped, then removed ----
 t "interrupted step_00000004 left in a checkpoint_dir holding step 3" \
