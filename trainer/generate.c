@@ -199,11 +199,12 @@ int ap_generate(ap_generator *g, int32_t *buf, size_t n, int max_new, double tem
 static void generate_usage(FILE *f) {
     fprintf(f,
             "usage: autopipe generate --model DIR (--prompt TEXT | --tokens 1,2,3) [--max-new-tokens N]\n"
-            "                         [--temperature T] [--seed S] [--context N] [--threads N]\n\n"
+            "                         [--temperature T] [--seed S] [--context N] [--threads N] [--no-kv-cache]\n\n"
             "Samples a continuation from a Hugging Face model directory (config.json + safetensors).\n"
             "Models with vocab_size 259 use the byte tokenizer: --prompt is text and the output is text.\n"
             "Other models take --tokens and print token ids. --temperature 0 is greedy (default 0.8);\n"
-            "--context is the window in tokens (default min(max_position_embeddings, 256)).\n");
+            "--context is the window in tokens (default min(max_position_embeddings, 256)).\n"
+            "--no-kv-cache reruns the window for every token (the reference the cache is measured against).\n");
 }
 
 int ap_cmd_generate(int argc, char **argv) {
@@ -215,10 +216,12 @@ int ap_cmd_generate(int argc, char **argv) {
                                          {"seed", required_argument, NULL, 's'},
                                          {"context", required_argument, NULL, 'c'},
                                          {"threads", required_argument, NULL, 'j'},
+                                         {"no-kv-cache", no_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = NULL, *tokens = NULL;
     long max_new = 64, ctx = 0, threads = 0;
+    int use_cache = 1;
     double temperature = 0.8;
     unsigned long long seed = 1234;
     int c;
@@ -233,6 +236,7 @@ int ap_cmd_generate(int argc, char **argv) {
         case 's': seed = strtoull(optarg, &end, 10); if (*end) goto bad; break;
         case 'c': ctx = strtol(optarg, &end, 10); if (*end || ctx < 1 || ctx > 1 << 20) goto bad; break;
         case 'j': threads = strtol(optarg, &end, 10); if (*end || threads < 0) goto bad; break;
+        case 'r': use_cache = 0; break;
         case 'h': generate_usage(stdout); return AP_EXIT_OK;
         default: generate_usage(stderr); return AP_EXIT_USAGE;
         }
@@ -284,7 +288,7 @@ int ap_cmd_generate(int argc, char **argv) {
     ap_generator g;
     size_t n_prompt = n, n_out = n;
     int rv = AP_EXIT_FAIL;
-    if (ap_generator_init(&g, &mc, (int)ctx, 1, err, sizeof err) < 0) goto fail;
+    if (ap_generator_init(&g, &mc, (int)ctx, use_cache, err, sizeof err) < 0) goto fail;
     if (ap_generator_load(&g, model, err, sizeof err) < 0 ||
         ap_generate(&g, buf, n, (int)max_new, temperature, seed, &n_out, err, sizeof err) < 0) {
         ap_generator_free(&g);
